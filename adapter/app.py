@@ -1,0 +1,84 @@
+"""create_app(settings) -> Starlette: the routes table, the lifespan, error handling."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from adapter.catalog import Catalog, load_catalog
+from adapter.config import Settings
+from adapter.errors import OllamaError, error_response
+from adapter.gateway import Gateway
+from adapter.routes import chat_generate, models, passthrough
+
+log = logging.getLogger("adapter")
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/", models.root, methods=["GET", "HEAD"]),
+        Route("/api/version", models.version, methods=["GET", "HEAD"]),
+        Route("/api/tags", models.tags, methods=["GET", "HEAD"]),
+        Route("/api/ps", models.ps, methods=["GET"]),
+        Route("/api/show", models.show, methods=["POST"]),
+        Route("/api/chat", chat_generate.chat, methods=["POST"]),
+        Route("/api/generate", chat_generate.generate, methods=["POST"]),
+        Route("/api/embed", passthrough.embed, methods=["POST"]),
+        Route("/api/embeddings", passthrough.embeddings, methods=["POST"]),
+        Route("/api/pull", passthrough.pull, methods=["POST"]),
+        Route("/api/push", passthrough.push, methods=["POST"]),
+        Route("/api/create", passthrough.create, methods=["POST"]),
+        Route("/api/copy", passthrough.copy, methods=["POST"]),
+        Route("/api/delete", passthrough.delete, methods=["DELETE"]),
+        Route("/api/blobs/{digest}", passthrough.blobs, methods=["HEAD", "POST"]),
+    ]
+
+
+async def _ollama_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, OllamaError)
+    return error_response(exc.status, exc.message)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    # Ollama's router (gin) answers unknown routes and methods in plain text.
+    if exc.status_code == 404:
+        return PlainTextResponse("404 page not found", status_code=404)
+    if exc.status_code == 405:
+        return PlainTextResponse("405 method not allowed", status_code=405)
+    return error_response(exc.status_code, str(exc.detail))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, f"internal error: {type(exc).__name__}")
+
+
+def create_app(settings: Settings | None = None, catalog: Catalog | None = None) -> Starlette:
+    settings = settings or Settings()
+    if catalog is None and settings.adapter_models_file is not None:
+        catalog = load_catalog(settings.adapter_models_file)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        gateway = Gateway.create(settings, catalog)
+        app.state.gateway = gateway
+        try:
+            yield
+        finally:
+            await gateway.aclose()
+
+    app = Starlette(
+        routes=routes(),
+        lifespan=lifespan,
+        exception_handlers={OllamaError: _ollama_error, HTTPException: _http_error, Exception: _unexpected},
+    )
+    app.state.settings = settings
+    return app

@@ -1,0 +1,231 @@
+"""Ollama request dicts -> OpenAI (vLLM) request dicts. Pure: no I/O, no clock.
+
+Inputs are already validated for shape (adapter.schemas); these functions decide what vLLM is asked.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import orjson
+
+from adapter.errors import BadRequest
+from adapter.translate.options import ollama_options_to_sampling
+
+THINK_LEVELS = ("low", "medium", "high", "max")
+
+
+def sniff_image_mime(data: bytes) -> str:
+    """The MIME type of an image from its first bytes (Ollama sniffs too; JPEG when unsure)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "image/jpeg"
+
+
+def image_to_data_url(image_b64: str) -> str:
+    """Ollama sends raw base64 (no data: prefix); OpenAI wants a data URL."""
+    if image_b64.startswith("data:"):
+        image_b64 = image_b64.partition(",")[2]
+    try:
+        raw = base64.b64decode(image_b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequest(f"invalid image input: not valid base64 ({exc})") from None
+    if not raw:
+        raise BadRequest("invalid image input: empty image")
+    return f"data:{sniff_image_mime(raw[:16])};base64,{image_b64}"
+
+
+def _content_with_images(text: str, images: list[str] | None) -> str | list[dict[str, Any]]:
+    if not images:
+        return text
+    parts: list[dict[str, Any]] = []
+    if text:
+        parts.append({"type": "text", "text": text})
+    parts.extend({"type": "image_url", "image_url": {"url": image_to_data_url(img)}} for img in images)
+    return parts
+
+
+def tool_call_id_for(message_index: int, call_index: int) -> str:
+    """Stable ids for history tool calls that arrive without one: the same history gets the same ids,
+    so vLLM's prefix cache keeps working across turns."""
+    return f"call_{message_index}_{call_index}"
+
+
+def _arguments_json(arguments: Any) -> str:
+    if arguments is None:
+        return "{}"
+    if isinstance(arguments, str):
+        return arguments  # already serialised by a client that speaks OpenAI's shape
+    return orjson.dumps(arguments).decode()
+
+
+def ollama_messages_to_openai(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ollama chat history -> OpenAI messages.
+
+    Tool results without `tool_call_id` (Home Assistant sends them so) are matched to the preceding
+    assistant's calls: by `tool_name` when given, else in call order. They are never dropped.
+    """
+    out: list[dict[str, Any]] = []
+    unanswered: list[tuple[str, str]] = []  # (id, name) of the last assistant turn's open calls
+    for i, msg in enumerate(messages):
+        role = str(msg.get("role") or "user").lower()
+        content = msg.get("content") or ""
+        if role == "assistant":
+            converted: dict[str, Any] = {"role": "assistant", "content": content}
+            calls = msg.get("tool_calls") or []
+            if calls:
+                unanswered = []
+                oa_calls = []
+                for j, call in enumerate(calls):
+                    function = call.get("function") or {}
+                    call_id = call.get("id") or tool_call_id_for(i, j)
+                    name = function.get("name") or ""
+                    oa_calls.append(
+                        {
+                            "id": call_id,
+                            "type": "function",
+                            "function": {"name": name, "arguments": _arguments_json(function.get("arguments"))},
+                        }
+                    )
+                    unanswered.append((call_id, name))
+                converted["tool_calls"] = oa_calls
+            out.append(converted)
+        elif role == "tool":
+            name = msg.get("tool_name") or msg.get("name")
+            call_id = msg.get("tool_call_id")
+            if call_id:
+                unanswered = [c for c in unanswered if c[0] != call_id]
+                if not name:
+                    name = next((n for cid, n in _all_calls(out) if cid == call_id), None)
+            else:
+                match = next((c for c in unanswered if name and c[1] == name), None)
+                if match is None and unanswered:
+                    match = unanswered[0]
+                if match is not None:
+                    unanswered.remove(match)
+                    call_id, name = match[0], name or match[1]
+                else:
+                    call_id = tool_call_id_for(i, 0)
+            tool_msg: dict[str, Any] = {"role": "tool", "content": content, "tool_call_id": call_id}
+            if name:
+                tool_msg["name"] = name
+            out.append(tool_msg)
+        else:
+            out.append({"role": role, "content": _content_with_images(content, msg.get("images"))})
+    return out
+
+
+def _all_calls(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [
+        (c["id"], c["function"]["name"]) for m in messages for c in m.get("tool_calls") or () if "id" in c
+    ]
+
+
+def response_format_for(fmt: Any) -> dict[str, Any] | None:
+    """Ollama `format` -> OpenAI `response_format`. Never the removed `guided_json` family."""
+    if fmt is None or fmt == "":
+        return None
+    if fmt == "json":
+        return {"type": "json_object"}
+    if isinstance(fmt, dict):
+        title = fmt.get("title")
+        name = "".join(ch for ch in title if ch.isalnum() or ch in "_-")[:64] if isinstance(title, str) else ""
+        return {"type": "json_schema", "json_schema": {"name": name or "schema", "schema": fmt}}
+    raise BadRequest(f'invalid format: {orjson.dumps(fmt).decode()}; expected "json" or a valid JSON Schema object')
+
+
+def thinking_controls_for(think: Any) -> dict[str, Any]:
+    """Ollama `think` -> vLLM's chat-template switch (+ effort level). Absent: the model's default."""
+    if think is None:
+        return {}
+    if isinstance(think, bool):
+        return {"chat_template_kwargs": {"enable_thinking": think}}
+    if isinstance(think, str) and think in THINK_LEVELS:
+        controls: dict[str, Any] = {"chat_template_kwargs": {"enable_thinking": True, "reasoning_effort": think}}
+        if think != "max":
+            controls["reasoning_effort"] = think
+        return controls
+    raise BadRequest(f'invalid think value: {orjson.dumps(think).decode()} (must be "high", "medium", "low", true, or false)')
+
+
+def _common(req: dict[str, Any], upstream_model: str, stream: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": upstream_model, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    body.update(ollama_options_to_sampling(req.get("options")))
+    if req.get("logprobs"):
+        body["logprobs"] = True
+        top = req.get("top_logprobs")
+        if top:
+            body["top_logprobs"] = top
+    return body
+
+
+def _merge_extra(body: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
+    """Per-model request defaults from the catalog (e.g. tool_choice for extraction models):
+    the request's own values win."""
+    if extra:
+        for key, value in extra.items():
+            body.setdefault(key, value)
+    return body
+
+
+def ollama_chat_to_openai(
+    req: dict[str, Any], upstream_model: str, stream: bool, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    body = _common(req, upstream_model, stream)
+    body["messages"] = ollama_messages_to_openai(req.get("messages") or [])
+    if req.get("tools"):  # vLLM 0.32 rejects "tools": [] with a 400; the Python client always sends it.
+        body["tools"] = req["tools"]
+        if req.get("tool_choice") is not None:
+            body["tool_choice"] = req["tool_choice"]
+    response_format = response_format_for(req.get("format"))
+    if response_format:
+        body["response_format"] = response_format
+    body.update(thinking_controls_for(req.get("think")))
+    if body.get("max_tokens") is None:
+        body.pop("max_tokens", None)
+    return _merge_extra(body, extra if req.get("tools") else _without_tool_keys(extra))
+
+
+def ollama_generate_to_openai_chat(
+    req: dict[str, Any], upstream_model: str, stream: bool, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Templated generate: system + prompt as chat messages, so the model's chat template applies
+    (Ollama applies the model's template too)."""
+    messages: list[dict[str, Any]] = []
+    if req.get("system"):
+        messages.append({"role": "system", "content": req["system"]})
+    messages.append({"role": "user", "content": req.get("prompt") or "", "images": req.get("images")})
+    chat_req = {**req, "messages": messages, "tools": None}
+    return ollama_chat_to_openai(chat_req, upstream_model, stream, extra)
+
+
+def ollama_generate_to_openai_completion(
+    req: dict[str, Any], upstream_model: str, stream: bool, prompt: str | None = None
+) -> dict[str, Any]:
+    """Raw generate (no template) -> /v1/completions. `prompt` overrides req["prompt"] (FIM)."""
+    body = _common(req, upstream_model, stream)
+    body["prompt"] = req.get("prompt") or "" if prompt is None else prompt
+    # vLLM's /v1/completions stops after 16 tokens unless told otherwise; Ollama has no such cap.
+    body.setdefault("max_tokens", None)
+    response_format = response_format_for(req.get("format"))
+    if response_format:
+        body["response_format"] = response_format
+    if body.get("logprobs"):
+        body["logprobs"] = body.pop("top_logprobs", None) or 1  # completions take an int here
+    return body
+
+
+def _without_tool_keys(extra: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not extra:
+        return extra
+    return {k: v for k, v in extra.items() if k not in ("tool_choice", "parallel_tool_calls")}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Run the whole test suite on a fresh machine: installs everything the suite needs from the repo's
+# own files (Python packages, the real vLLM CPU engine, the JS client, linters), then runs pytest.
+# Extra arguments go to pytest, e.g. ./scripts/test.sh -k chat
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bash scripts/bootstrap.sh test
+
+# System tools some tests run (shellcheck, compose validation); installed when we may, else those
+# tests say why they skip.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  missing=()
+  command -v shellcheck >/dev/null || missing+=(shellcheck)
+  command -v docker-compose >/dev/null || missing+=(docker-compose)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "== apt-get install ${missing[*]}"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+      || echo "!! could not install ${missing[*]}: the tests that need them will skip and say so"
+  fi
+fi
+
+# The real vLLM engine tier (tests/engine): installed outside the tree, reused across runs.
+if [ -f tests/engine/setup_vllm.sh ] && [ "${ADAPTER_SKIP_ENGINE:-0}" != 1 ]; then
+  if bash tests/engine/setup_vllm.sh; then
+    export ADAPTER_REQUIRE_ENGINE="${ADAPTER_REQUIRE_ENGINE:-1}"
+  else
+    echo "!!!!!! the real vLLM engine could not be installed on this machine: the engine tier will be SKIPPED !!!!!!"
+  fi
+fi
+
+exec .venv/bin/python -m pytest "$@"
