@@ -22,7 +22,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", help="address to listen on (env ADAPTER_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (env ADAPTER_PORT, default 11434)")
     parser.add_argument("--vllm-url", help="vLLM's base URL (env VLLM_BASE_URL, default http://localhost:8000)")
-    parser.add_argument("--vision-url", help="Ollama Vision's URL (env VISION_OLLAMA_URL, default http://localhost:11435)")
+    parser.add_argument(
+        "--vision-url", help="Ollama Vision's URL (env VISION_OLLAMA_URL, default http://localhost:11435)"
+    )
     parser.add_argument("--models-file", help="YAML model catalog (env ADAPTER_MODELS_FILE)")
     return parser.parse_args(argv)
 

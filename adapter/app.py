@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -16,7 +17,9 @@ from adapter.catalog import Catalog, load_catalog
 from adapter.config import Settings
 from adapter.errors import OllamaError, error_response
 from adapter.gateway import Gateway
-from adapter.routes import chat_generate, models, passthrough
+from adapter.metrics import Metrics
+from adapter.middleware import GatewayMiddleware
+from adapter.routes import chat_generate, models, openai_compat, ops, passthrough
 
 log = logging.getLogger("adapter")
 
@@ -24,6 +27,8 @@ log = logging.getLogger("adapter")
 def routes() -> list[Route]:
     return [
         Route("/", models.root, methods=["GET", "HEAD"]),
+        Route("/health", ops.health, methods=["GET", "HEAD"]),
+        Route("/metrics", ops.metrics, methods=["GET"]),
         Route("/api/version", models.version, methods=["GET", "HEAD"]),
         Route("/api/tags", models.tags, methods=["GET", "HEAD"]),
         Route("/api/ps", models.ps, methods=["GET"]),
@@ -38,12 +43,17 @@ def routes() -> list[Route]:
         Route("/api/copy", passthrough.copy, methods=["POST"]),
         Route("/api/delete", passthrough.delete, methods=["DELETE"]),
         Route("/api/blobs/{digest}", passthrough.blobs, methods=["HEAD", "POST"]),
+        Route("/v1/chat/completions", openai_compat.chat_completions, methods=["POST"]),
+        Route("/v1/completions", openai_compat.completions, methods=["POST"]),
+        Route("/v1/embeddings", openai_compat.embeddings, methods=["POST"]),
+        Route("/v1/models", openai_compat.list_models, methods=["GET"]),
     ]
 
 
 async def _ollama_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, OllamaError)
-    return error_response(exc.status, exc.message)
+    retry_after = getattr(exc, "retry_after", None)
+    return error_response(exc.status, exc.message, {"Retry-After": str(retry_after)} if retry_after else None)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -66,10 +76,13 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     if catalog is None and settings.adapter_models_file is not None:
         catalog = load_catalog(settings.adapter_models_file)
 
+    metrics = Metrics()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        gateway = Gateway.create(settings, catalog)
+        gateway = Gateway.create(settings, metrics, catalog)
         app.state.gateway = gateway
+        gateway.monitor.start()
         try:
             yield
         finally:
@@ -79,6 +92,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         routes=routes(),
         lifespan=lifespan,
         exception_handlers={OllamaError: _ollama_error, HTTPException: _http_error, Exception: _unexpected},
+        middleware=[Middleware(GatewayMiddleware, settings=settings, metrics=metrics)],
     )
     app.state.settings = settings
     return app

@@ -108,7 +108,9 @@ class ModelRegistry:
                 models = [m for m in (data.get("data") or []) if isinstance(m, dict) and m.get("id")]
             else:
                 data = await upstream.get_json("/api/tags")
-                models = [m for m in (data.get("models") or []) if isinstance(m, dict) and (m.get("model") or m.get("name"))]
+                models = [
+                    m for m in (data.get("models") or []) if isinstance(m, dict) and (m.get("model") or m.get("name"))
+                ]
         except (OllamaError, AttributeError) as exc:
             message = exc.message if isinstance(exc, OllamaError) else "unexpected model list shape"
             log.warning("could not list models of %s: %s", upstream.name, message)
@@ -166,7 +168,8 @@ class ModelRegistry:
                     self._warned_clashes.add(key)
                     log.warning(
                         "model %r is served by both vLLM and Ollama Vision; vLLM answers it "
-                        "(name the model in ADAPTER_MODELS_FILE to choose)", original
+                        "(name the model in ADAPTER_MODELS_FILE to choose)",
+                        original,
                     )
                 return Route("vllm", card["id"], None, card.get("max_model_len"))
             if ollama is not None:

@@ -104,7 +104,7 @@ class StreamResponse:
                 if aclose is not None:
                     try:
                         await aclose()
-                    except Exception:  # noqa: BLE001 - closing must not raise over the real outcome
+                    except Exception:
                         log.debug("closing the chunk producer failed", exc_info=True)
                 if self.on_close is not None:
                     await self.on_close()

@@ -9,11 +9,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import orjson
 
 from adapter.errors import UpstreamHTTPError, UpstreamTimeout, UpstreamUnavailable
+from adapter.limits import Limiter
 from adapter.translate.responses import error_message_of
 
 log = logging.getLogger("adapter.upstream")
@@ -37,8 +39,10 @@ class Upstream:
         read_timeout: float | None = 30.0,
         max_connections: int = 512,
         transport: httpx.AsyncBaseTransport | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.name = name
+        self.limiter = limiter or Limiter(max_connections, 0, 0)
         self.base_url = base_url
         # identity: the SSE parser reads raw bytes, and compressing tokens on loopback only costs CPU.
         headers = {"Accept-Encoding": "identity"}
@@ -46,7 +50,7 @@ class Upstream:
             headers["Authorization"] = f"Bearer {api_key}"
         self.read_timeout = read_timeout or None
         self.client = httpx.AsyncClient(
-            base_url=base_url,
+            base_url=base_url,  # the real one, credentials included
             headers=headers,
             timeout=httpx.Timeout(connect=connect_timeout or None, read=self.read_timeout, write=60.0, pool=None),
             limits=httpx.Limits(
@@ -70,7 +74,7 @@ class Upstream:
         content: Any = None,
         headers: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
-        read_timeout: float | None | bool = False,
+        read_timeout: float | bool | None = False,
         raise_for_status: bool = True,
     ) -> httpx.Response:
         """Send and return the response with its body unread (streamed).
@@ -84,7 +88,11 @@ class Upstream:
                 connect=self.client.timeout.connect, read=read_timeout or None, write=60.0, pool=None
             )
         request = self.client.build_request(
-            method, path, content=body if body is not None else content, headers=headers, params=params,
+            method,
+            path,
+            content=body if body is not None else content,
+            headers=headers,
+            params=params,
             **({"timeout": timeout} if timeout is not None else {}),
         )
         # Only a body we hold in memory can be sent twice.
@@ -116,15 +124,28 @@ class Upstream:
             raw = b""
         finally:
             await response.aclose()
-        return UpstreamHTTPError(self.name, response.status_code, upstream_error_message(self.name, response.status_code, raw))
-
-    async def post_json(self, path: str, payload: dict[str, Any], *, read_timeout: float | None | bool = False) -> httpx.Response:
-        return await self.send(
-            "POST", path, body=orjson.dumps(payload), headers={"Content-Type": "application/json"}, read_timeout=read_timeout
+        return UpstreamHTTPError(
+            self.name, response.status_code, upstream_error_message(self.name, response.status_code, raw)
         )
 
-    async def get_json(self, path: str, *, timeout: float = 5.0) -> Any:
-        response = await self.send("GET", path, read_timeout=timeout)
+    async def post_json(
+        self,
+        path: str,
+        payload: dict[str, Any],
+        *,
+        read_timeout: float | bool | None = False,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        return await self.send(
+            "POST",
+            path,
+            body=orjson.dumps(payload),
+            headers={"Content-Type": "application/json", **(headers or {})},
+            read_timeout=read_timeout,
+        )
+
+    async def get_json(self, path: str, *, read_timeout: float = 5.0) -> Any:
+        response = await self.send("GET", path, read_timeout=read_timeout)
         try:
             raw = await response.aread()
         finally:
@@ -132,7 +153,9 @@ class Upstream:
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise UpstreamHTTPError(self.name, 502, f"{self.name} answered {path} with something that is not JSON") from None
+            raise UpstreamHTTPError(
+                self.name, 502, f"{self.name} answered {path} with something that is not JSON"
+            ) from None
 
     async def read_json(self, response: httpx.Response) -> Any:
         """The whole body of a response from `send`, parsed."""
@@ -158,6 +181,15 @@ def upstream_error_message(name: str, status: int, raw: bytes) -> str:
     if status >= 500 or status in (401, 403):
         return f"{name} error ({status}): {message}"
     return message
+
+
+def safe_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
 
 
 def _describe(exc: Exception) -> str:

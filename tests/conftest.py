@@ -66,8 +66,12 @@ def running_gateway(settings: Settings, catalog: Catalog | None = None) -> Itera
 
 
 @pytest.fixture(scope="session")
-def gateway_url(vllm_server: tuple[VLLMStandin, ServerThread], vision_server: tuple[OllamaStandin, ServerThread]) -> Iterator[str]:
-    settings = make_settings(vllm_server[1].url, vision_server[1].url, model_aliases="llama2:7b=tiny,llm=Qwen/Qwen2.5-7B-Instruct")
+def gateway_url(
+    vllm_server: tuple[VLLMStandin, ServerThread], vision_server: tuple[OllamaStandin, ServerThread]
+) -> Iterator[str]:
+    settings = make_settings(
+        vllm_server[1].url, vision_server[1].url, model_aliases="llama2:7b=tiny,llm=Qwen/Qwen2.5-7B-Instruct"
+    )
     with running_gateway(settings) as url:
         yield url
 

@@ -85,9 +85,19 @@ def test_options_mapped_to_sampling(client: ollama.Client, vllm: VLLMStandin) ->
         model="tiny",
         messages=[{"role": "user", "content": "x"}],
         options={
-            "num_predict": 2, "temperature": 0.1, "top_p": 0.5, "top_k": 7, "min_p": 0.05, "seed": 42,
-            "stop": ["\n"], "repeat_penalty": 1.2, "presence_penalty": 0.3, "frequency_penalty": 0.4,
-            "num_ctx": 8192, "mirostat": 0, "numa": False,
+            "num_predict": 2,
+            "temperature": 0.1,
+            "top_p": 0.5,
+            "top_k": 7,
+            "min_p": 0.05,
+            "seed": 42,
+            "stop": ["\n"],
+            "repeat_penalty": 1.2,
+            "presence_penalty": 0.3,
+            "frequency_penalty": 0.4,
+            "num_ctx": 8192,
+            "mirostat": 0,
+            "numa": False,
         },
         keep_alive="10m",
     )
@@ -171,9 +181,12 @@ def test_streaming_is_incremental(client: ollama.Client, vllm: VLLMStandin) -> N
 
 def test_client_disconnect_cancels_upstream(gateway: str, vllm: VLLMStandin) -> None:
     vllm.script = Script(tokens=[f" t{i}" for i in range(200)], delay=0.05)
-    with httpx.Client(base_url=gateway, timeout=10) as http, http.stream(
-        "POST", "/api/chat", json={"model": "tiny", "messages": [{"role": "user", "content": "x"}]}
-    ) as resp:
+    with (
+        httpx.Client(base_url=gateway, timeout=10) as http,
+        http.stream(
+            "POST", "/api/chat", json={"model": "tiny", "messages": [{"role": "user", "content": "x"}]}
+        ) as resp,
+    ):
         lines = resp.iter_lines()
         assert '"done":false' in next(lines)
         assert vllm.active == 1

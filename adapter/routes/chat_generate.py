@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
@@ -12,10 +13,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from adapter.catalog import FIM_TEMPLATES
-from adapter.errors import BadRequest, OllamaError, UpstreamTimeout
+from adapter.errors import BadRequest, OllamaError, UpstreamTimeout, UpstreamUnavailable
 from adapter.gateway import Gateway
 from adapter.routing import Route
-from adapter.schemas import ChatRequest, GenerateRequest, keep_alive_seconds, model_name, read_json_object, validate
+from adapter.schemas import (
+    ChatRequest,
+    GenerateRequest,
+    keep_alive_seconds,
+    model_name,
+    read_json_object,
+    validate,
+)
 from adapter.streaming import StreamResponse, ndjson_line
 from adapter.translate.requests import (
     ollama_chat_to_openai,
@@ -49,15 +57,16 @@ async def chat(request: Request) -> Response:
     stream = body.get("stream") is not False
     keep_alive = keep_alive_seconds(body.get("keep_alive"))
     route = await gw.registry.resolve(model)
+    _describe_request(request, model, route, stream)
     messages = body.get("messages") or []
     has_images = any(m.get("images") for m in messages)
     if route.backend == "ollama" or (has_images and "vision" not in route.capabilities):
-        return await _to_vision(gw, "/api/chat", body, route)
+        return await _to_vision(gw, request, "/api/chat", body, route)
     _check_capabilities(model, route, body)
     if not messages:
         return json_response(load_response(model, rfc3339_utc(), "chat", unload=keep_alive == 0))
     payload = ollama_chat_to_openai(body, route.upstream_model, stream, route.request_defaults)
-    return await _call_vllm(gw, request, "/v1/chat/completions", payload, model, "chat", stream, timing, body)
+    return await _call_vllm(gw, request, "/v1/chat/completions", payload, model, "chat", stream, timing, body, route)
 
 
 async def generate(request: Request) -> Response:
@@ -70,8 +79,9 @@ async def generate(request: Request) -> Response:
     if body.get("raw") and (body.get("template") or body.get("system") or body.get("context")):
         raise BadRequest("raw mode does not support template, system, or context")
     route = await gw.registry.resolve(model)
+    _describe_request(request, model, route, stream)
     if route.backend == "ollama" or (body.get("images") and "vision" not in route.capabilities):
-        return await _to_vision(gw, "/api/generate", body, route)
+        return await _to_vision(gw, request, "/api/generate", body, route)
     _check_capabilities(model, route, body)
     prompt, suffix = body.get("prompt") or "", body.get("suffix") or ""
     if not prompt and not suffix:
@@ -87,7 +97,7 @@ async def generate(request: Request) -> Response:
     else:
         payload = ollama_generate_to_openai_chat(body, route.upstream_model, stream, route.request_defaults)
         path = "/v1/chat/completions"
-    return await _call_vllm(gw, request, path, payload, model, "generate", stream, timing, body)
+    return await _call_vllm(gw, request, path, payload, model, "generate", stream, timing, body, route)
 
 
 def fim_prompt(model: str, route: Route, prefix: str, suffix: str) -> str:
@@ -110,13 +120,33 @@ def _check_capabilities(model: str, route: Route, body: dict[str, Any]) -> None:
         raise BadRequest(f'"{model}" does not support thinking')
 
 
-async def _to_vision(gw: Gateway, path: str, body: dict[str, Any], route: Route) -> Response:
+def _describe_request(request: Request, model: str, route: Route, stream: bool) -> None:
+    """What the access log and metrics say about this request (labels stay bounded: the upstream id)."""
+    request.state.model = model
+    request.state.model_label = route.upstream_model
+    request.state.backend = route.backend
+    request.state.stream = stream
+
+
+async def _to_vision(
+    gw: Gateway, request: Request, path: str, body: dict[str, Any], route: Route, *, as_model: str | None = None
+) -> Response:
+    """Forward to Ollama Vision. `as_model`: a fallback, whose answers must name the requested model."""
     if gw.vision is None:
         raise OllamaError(503, "this request needs Ollama Vision, which is not configured")
-    if route.backend == "ollama" and body.get("model") != route.upstream_model:
-        body = {**body, "model": route.upstream_model}
+    request.state.backend = "ollama"
+    target = as_model or route.upstream_model
+    if (route.backend == "ollama" or as_model) and body.get("model") != target:
+        body = {**body, "model": target}
         body.pop("name", None)
-    return await forward(gw.vision, "POST", path, json_body=body)
+    return await forward(
+        gw.vision,
+        "POST",
+        path,
+        json_body=body,
+        request_id=request.state.request_id,
+        rewrite_model=request.state.model if as_model else None,
+    )
 
 
 async def _until_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
@@ -158,30 +188,114 @@ async def _call_vllm(
     stream: bool,
     timing: Timing,
     body: dict[str, Any],
+    route: Route,
+) -> Response:
+    fallback = gw.fallback_for(route)
+    if fallback:
+        return await _fallback(gw, request, target, body, route, fallback)
+    try:
+        return await _vllm_exchange(gw, request, path, payload, model, target, stream, timing, body)
+    except UpstreamUnavailable as exc:
+        gw.metrics.upstream_errors.labels("vllm", "connect").inc()
+        gw.monitor.mark_unreachable("vllm", exc.message)
+        fallback = gw.fallback_for(route, connect_failed=True)
+        if fallback:
+            return await _fallback(gw, request, target, body, route, fallback)
+        if gw.settings.adapter_mode == "ingestion":
+            raise OllamaError(503, "vLLM is unavailable (ingestion mode: no fallback)") from None
+        raise
+    except OllamaError as exc:
+        if exc.status >= 500:
+            gw.metrics.upstream_errors.labels("vllm", "timeout" if exc.status == 504 else f"http_{exc.status}").inc()
+        raise
+
+
+async def _fallback(
+    gw: Gateway, request: Request, target: Target, body: dict[str, Any], route: Route, fallback: str
+) -> Response:
+    gw.metrics.fallbacks.labels(route.upstream_model, fallback).inc()
+    request.state.fallback = fallback
+    path = "/api/chat" if target == "chat" else "/api/generate"
+    return await _to_vision(gw, request, path, body, route, as_model=fallback)
+
+
+async def _vllm_exchange(
+    gw: Gateway,
+    request: Request,
+    path: str,
+    payload: dict[str, Any],
+    model: str,
+    target: Target,
+    stream: bool,
+    timing: Timing,
+    body: dict[str, Any],
+) -> Response:
+    """One request to vLLM under the limiter: the slot is held until the answer is complete (for a
+    stream: until the stream ends, however it ends) and released exactly once."""
+    limiter = gw.vllm.limiter
+    await limiter.acquire()
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            limiter.release()
+
+    try:
+        return await _vllm_request(gw, request, path, payload, model, target, stream, timing, body, release)
+    except BaseException:
+        release()
+        raise
+
+
+async def _vllm_request(
+    gw: Gateway,
+    request: Request,
+    path: str,
+    payload: dict[str, Any],
+    model: str,
+    target: Target,
+    stream: bool,
+    timing: Timing,
+    body: dict[str, Any],
+    release: Callable[[], None],
 ) -> Response:
     settings = gw.settings
+    metrics = gw.metrics
+    endpoint = request.url.path
     logprobs = bool(body.get("logprobs"))
+    headers = {"X-Request-ID": f"{request.state.request_id}-{secrets.token_hex(4)}"}
     timing.upstream = time.perf_counter_ns()
     if not stream:
 
         async def whole() -> dict[str, Any]:
-            response = await gw.vllm.post_json(path, payload, read_timeout=settings.adapter_total_timeout)
+            response = await gw.vllm.post_json(
+                path, payload, read_timeout=settings.adapter_total_timeout, headers=headers
+            )
             return await gw.vllm.read_json(response)
 
-        data = await _until_disconnect(request, whole())
+        try:
+            data = await _until_disconnect(request, whole())
+        finally:
+            release()
         timing.end = time.perf_counter_ns()
         try:
             out = openai_response_to_ollama(data, model, target, rfc3339_utc(), timing, logprobs)
         except ValueError as exc:
             raise OllamaError(502, str(exc)) from None
+        _count_tokens(request, gw, data.get("usage"))
         return json_response(out)
 
     # Headers come back at once; the read timeout then bounds the wait for each event, the first
     # token included.
-    response = await gw.vllm.post_json(path, payload, read_timeout=settings.adapter_first_token_timeout)
+    response = await gw.vllm.post_json(
+        path, payload, read_timeout=settings.adapter_first_token_timeout, headers=headers
+    )
     translator = StreamTranslator(model, target, logprobs)
     total = settings.adapter_total_timeout
     deadline = time.monotonic() + total if total else None
+    ttft = metrics.ttft.labels(endpoint, "vllm")
 
     async def chunks() -> AsyncIterator[bytes]:
         async for event in iter_sse_json(response):
@@ -189,10 +303,26 @@ async def _call_vllm(
             if out:
                 if not timing.first:
                     timing.first = time.perf_counter_ns()
+                    ttft.observe((timing.first - timing.start) / 1e9)
                 yield b"".join(ndjson_line(c) for c in out) if len(out) > 1 else ndjson_line(out[0])
             if deadline is not None and time.monotonic() > deadline:
                 raise UpstreamTimeout(gw.vllm.name, f"total time limit of {total:g} s reached")
         timing.end = time.perf_counter_ns()
+        _count_tokens(request, gw, translator.usage)
         yield b"".join(ndjson_line(c) for c in translator.final(rfc3339_utc(), timing))
 
-    return StreamResponse(chunks(), on_close=response.aclose, backend=gw.vllm.name)
+    async def close() -> None:
+        await response.aclose()
+        release()
+
+    return StreamResponse(chunks(), on_close=close, backend=gw.vllm.name)
+
+
+def _count_tokens(request: Request, gw: Gateway, usage: dict[str, Any] | None) -> None:
+    if not usage:
+        return
+    prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    request.state.prompt_tokens, request.state.completion_tokens = prompt, completion
+    label = request.state.model_label
+    gw.metrics.prompt_tokens.labels(label, "vllm").inc(prompt)
+    gw.metrics.completion_tokens.labels(label, "vllm").inc(completion)

@@ -125,7 +125,10 @@ async def show(request: Request) -> Response:
     if fim:
         begin, hole, end = FIM_TEMPLATES[fim]
         # Continue enables fill-in-the-middle when the template mentions .Suffix.
-        template = f"{{{{- if .Suffix }}}}{begin}{{{{ .Prompt }}}}{hole}{{{{ .Suffix }}}}{end}{{{{- else }}}}{{{{ .Prompt }}}}{{{{- end }}}}"
+        template = (
+            f"{{{{- if .Suffix }}}}{begin}{{{{ .Prompt }}}}{hole}{{{{ .Suffix }}}}{end}"
+            "{{- else }}{{ .Prompt }}{{- end }}"
+        )
         if "insert" not in capabilities:
             capabilities.append("insert")
     modified = local_rfc3339(gw.registry.first_seen("vllm", route.upstream_model))

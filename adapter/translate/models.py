@@ -187,7 +187,9 @@ def show_response(
     return body
 
 
-def ps_entry(name: str, upstream_id: str, expires_at: str, context_length: int | None, family: str | None = None) -> dict[str, Any]:
+def ps_entry(
+    name: str, upstream_id: str, expires_at: str, context_length: int | None, family: str | None = None
+) -> dict[str, Any]:
     """/api/ps item: vLLM keeps its model loaded for as long as it runs."""
     listed = tag_name(name)
     size = estimated_size(upstream_id)

@@ -124,9 +124,7 @@ def ollama_messages_to_openai(messages: list[dict[str, Any]]) -> list[dict[str, 
 
 
 def _all_calls(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    return [
-        (c["id"], c["function"]["name"]) for m in messages for c in m.get("tool_calls") or () if "id" in c
-    ]
+    return [(c["id"], c["function"]["name"]) for m in messages for c in m.get("tool_calls") or () if "id" in c]
 
 
 def response_format_for(fmt: Any) -> dict[str, Any] | None:
@@ -153,7 +151,9 @@ def thinking_controls_for(think: Any) -> dict[str, Any]:
         if think != "max":
             controls["reasoning_effort"] = think
         return controls
-    raise BadRequest(f'invalid think value: {orjson.dumps(think).decode()} (must be "high", "medium", "low", true, or false)')
+    raise BadRequest(
+        f'invalid think value: {orjson.dumps(think).decode()} (must be "high", "medium", "low", true, or false)'
+    )
 
 
 def _common(req: dict[str, Any], upstream_model: str, stream: bool) -> dict[str, Any]:

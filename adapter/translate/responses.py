@@ -99,7 +99,11 @@ def chat_logprobs_to_ollama(logprobs: Any) -> list[dict[str, Any]]:
         top = item.get("top_logprobs")
         if top:
             entry["top_logprobs"] = [
-                {"token": t.get("token", ""), "logprob": t.get("logprob", 0.0), **({"bytes": t["bytes"]} if t.get("bytes") else {})}
+                {
+                    "token": t.get("token", ""),
+                    "logprob": t.get("logprob", 0.0),
+                    **({"bytes": t["bytes"]} if t.get("bytes") else {}),
+                }
                 for t in top
             ]
         out.append(entry)
@@ -114,7 +118,10 @@ def completion_logprobs_to_ollama(logprobs: Any) -> list[dict[str, Any]]:
     tops = logprobs.get("top_logprobs") or []
     out = []
     for i, token in enumerate(tokens):
-        entry: dict[str, Any] = {"token": token, "logprob": values[i] if i < len(values) and values[i] is not None else 0.0}
+        entry: dict[str, Any] = {
+            "token": token,
+            "logprob": values[i] if i < len(values) and values[i] is not None else 0.0,
+        }
         if i < len(tops) and tops[i]:
             entry["top_logprobs"] = [{"token": t, "logprob": lp} for t, lp in tops[i].items()]
         out.append(entry)

@@ -50,7 +50,8 @@ def tool_call_as_text(call: dict[str, Any]) -> str:
     """How an unparsable call reaches the client when vLLM finished normally: as text, the way
     Ollama leaves model output it cannot parse as a tool call in `content`."""
     function = call.get("function") or {}
-    return f'<tool_call>{{"name": {orjson.dumps(function.get("name") or "").decode()}, "arguments": {function.get("arguments") or ""}}}</tool_call>'
+    name = orjson.dumps(function.get("name") or "").decode()
+    return f'<tool_call>{{"name": {name}, "arguments": {function.get("arguments") or ""}}}</tool_call>'
 
 
 class ToolCallAccumulator:

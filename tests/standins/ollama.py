@@ -21,13 +21,21 @@ NOW = "2026-11-20T10:00:00.123456789+01:00"
 
 
 def _details(family: str) -> dict[str, Any]:
-    return {"parent_model": "", "format": "gguf", "family": family, "families": [family],
-            "parameter_size": "7B", "quantization_level": "Q4_0"}
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": family,
+        "families": [family],
+        "parameter_size": "7B",
+        "quantization_level": "Q4_0",
+    }
 
 
 @dataclass
 class OllamaStandin:
-    models: dict[str, str] = field(default_factory=lambda: {"llava:7b": "llava", "nomic-embed-text:latest": "nomic-bert"})
+    models: dict[str, str] = field(
+        default_factory=lambda: {"llava:7b": "llava", "nomic-embed-text:latest": "nomic-bert"}
+    )
     requests: list[dict[str, Any]] = field(default_factory=list)
     delay: float = 0.0
     cancelled: int = 0
@@ -55,16 +63,39 @@ class OllamaStandin:
         return body
 
     async def tags(self, request: Request) -> Response:
-        return self._json({"models": [
-            {"name": m, "model": m, "modified_at": NOW, "size": 4_000_000_000, "digest": "a" * 64, "details": _details(f)}
-            for m, f in self.models.items()
-        ]})
+        return self._json(
+            {
+                "models": [
+                    {
+                        "name": m,
+                        "model": m,
+                        "modified_at": NOW,
+                        "size": 4_000_000_000,
+                        "digest": "a" * 64,
+                        "details": _details(f),
+                    }
+                    for m, f in self.models.items()
+                ]
+            }
+        )
 
     async def ps(self, request: Request) -> Response:
-        return self._json({"models": [
-            {"name": "llava:7b", "model": "llava:7b", "size": 5_000_000_000, "digest": "a" * 64, "details": _details("llava"),
-             "expires_at": NOW, "size_vram": 5_000_000_000, "context_length": 4096}
-        ]})
+        return self._json(
+            {
+                "models": [
+                    {
+                        "name": "llava:7b",
+                        "model": "llava:7b",
+                        "size": 5_000_000_000,
+                        "digest": "a" * 64,
+                        "details": _details("llava"),
+                        "expires_at": NOW,
+                        "size_vram": 5_000_000_000,
+                        "context_length": 4096,
+                    }
+                ]
+            }
+        )
 
     async def version(self, request: Request) -> Response:
         return self._json({"version": "0.12.3"})
@@ -76,15 +107,23 @@ class OllamaStandin:
             return self._json({"error": f"model '{body.get('model')}' not found"}, 404)
         family = self.models[model]
         caps = ["embedding"] if "embed" in model else ["completion", "vision"]
-        return self._json({"modelfile": "FROM x", "parameters": "", "template": "{{ .Prompt }}", "details": _details(family),
-                           "model_info": {"general.architecture": family, f"{family}.context_length": 4096},
-                           "capabilities": caps, "modified_at": NOW})
+        return self._json(
+            {
+                "modelfile": "FROM x",
+                "parameters": "",
+                "template": "{{ .Prompt }}",
+                "details": _details(family),
+                "model_info": {"general.architecture": family, f"{family}.context_length": 4096},
+                "capabilities": caps,
+                "modified_at": NOW,
+            }
+        )
 
     async def chat_or_generate(self, request: Request) -> Response:
         body = await self._record(request)
         model = self._find(body.get("model"))
         if model is None:
-            return self._json({"error": f"model \"{body.get('model')}\" not found, try pulling it first"}, 404)
+            return self._json({"error": f'model "{body.get("model")}" not found, try pulling it first'}, 404)
         chat = request.url.path == "/api/chat"
         words = ["I", " see", " a", " cat"]
 
@@ -96,8 +135,15 @@ class OllamaStandin:
                 base["response"] = text
             base["done"] = done
             if done:
-                base.update(done_reason="stop", total_duration=1000, load_duration=10, prompt_eval_count=5,
-                            prompt_eval_duration=100, eval_count=4, eval_duration=800)
+                base.update(
+                    done_reason="stop",
+                    total_duration=1000,
+                    load_duration=10,
+                    prompt_eval_count=5,
+                    prompt_eval_duration=100,
+                    eval_count=4,
+                    eval_duration=800,
+                )
             return base
 
         if body.get("stream") is False:
@@ -122,16 +168,23 @@ class OllamaStandin:
     async def embed(self, request: Request) -> Response:
         body = await self._record(request)
         if self._find(body.get("model")) is None:
-            return self._json({"error": f"model \"{body.get('model')}\" not found, try pulling it first"}, 404)
+            return self._json({"error": f'model "{body.get("model")}" not found, try pulling it first'}, 404)
         inputs = body.get("input")
         inputs = [inputs] if isinstance(inputs, str) else inputs or []
-        return self._json({"model": body["model"], "embeddings": [[0.6, 0.8, 0.0] for _ in inputs],
-                           "total_duration": 1000, "load_duration": 10, "prompt_eval_count": len(inputs)})
+        return self._json(
+            {
+                "model": body["model"],
+                "embeddings": [[0.6, 0.8, 0.0] for _ in inputs],
+                "total_duration": 1000,
+                "load_duration": 10,
+                "prompt_eval_count": len(inputs),
+            }
+        )
 
     async def embeddings(self, request: Request) -> Response:
         body = await self._record(request)
         if self._find(body.get("model")) is None:
-            return self._json({"error": f"model \"{body.get('model')}\" not found, try pulling it first"}, 404)
+            return self._json({"error": f'model "{body.get("model")}" not found, try pulling it first'}, 404)
         return self._json({"embedding": [0.1, 0.2, 0.3]})
 
     async def pull(self, request: Request) -> Response:
@@ -161,14 +214,16 @@ class OllamaStandin:
         body = await self._record(request)
         model = self._find(body.get("source"))
         if model is None:
-            return self._json({"error": f"model \"{body.get('source')}\" not found"}, 404)
+            return self._json({"error": f'model "{body.get("source")}" not found'}, 404)
         self.models[body["destination"]] = self.models[model]
         return Response(b"", status_code=200)
 
     async def create_or_push(self, request: Request) -> Response:
         await self._record(request)
-        return StreamingResponse(iter([b'{"status":"reading model metadata"}\n', b'{"status":"success"}\n']),
-                                 media_type="application/x-ndjson")
+        return StreamingResponse(
+            iter([b'{"status":"reading model metadata"}\n', b'{"status":"success"}\n']),
+            media_type="application/x-ndjson",
+        )
 
     async def blobs(self, request: Request) -> Response:
         if request.method == "HEAD":
@@ -183,34 +238,49 @@ class OllamaStandin:
         body = await self._record(request)
         inputs = body.get("input")
         inputs = [inputs] if isinstance(inputs, str) else inputs
-        return self._json({"object": "list", "model": body.get("model"), "usage": {"prompt_tokens": 2, "total_tokens": 2},
-                           "data": [{"object": "embedding", "embedding": [0.1, 0.2], "index": i} for i, _ in enumerate(inputs)]})
+        return self._json(
+            {
+                "object": "list",
+                "model": body.get("model"),
+                "usage": {"prompt_tokens": 2, "total_tokens": 2},
+                "data": [{"object": "embedding", "embedding": [0.1, 0.2], "index": i} for i, _ in enumerate(inputs)],
+            }
+        )
 
     async def openai_chat(self, request: Request) -> Response:
         body = await self._record(request)
-        resp = {"id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()), "model": body.get("model"),
-                "system_fingerprint": "fp_ollama",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "I see a cat"}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}}
+        resp = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
+            "system_fingerprint": "fp_ollama",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "I see a cat"}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
+        }
         return self._json(resp)
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/", lambda r: Response(b"Ollama is running", media_type="text/plain")),
-            Route("/api/version", self.version),
-            Route("/api/tags", self.tags),
-            Route("/api/ps", self.ps),
-            Route("/api/show", self.show, methods=["POST"]),
-            Route("/api/chat", self.chat_or_generate, methods=["POST"]),
-            Route("/api/generate", self.chat_or_generate, methods=["POST"]),
-            Route("/api/embed", self.embed, methods=["POST"]),
-            Route("/api/embeddings", self.embeddings, methods=["POST"]),
-            Route("/api/pull", self.pull, methods=["POST"]),
-            Route("/api/push", self.create_or_push, methods=["POST"]),
-            Route("/api/create", self.create_or_push, methods=["POST"]),
-            Route("/api/copy", self.copy, methods=["POST"]),
-            Route("/api/delete", self.delete, methods=["DELETE"]),
-            Route("/api/blobs/{digest}", self.blobs, methods=["HEAD", "POST"]),
-            Route("/v1/embeddings", self.openai_embeddings, methods=["POST"]),
-            Route("/v1/chat/completions", self.openai_chat, methods=["POST"]),
-        ])
+        return Starlette(
+            routes=[
+                Route("/", lambda r: Response(b"Ollama is running", media_type="text/plain")),
+                Route("/api/version", self.version),
+                Route("/api/tags", self.tags),
+                Route("/api/ps", self.ps),
+                Route("/api/show", self.show, methods=["POST"]),
+                Route("/api/chat", self.chat_or_generate, methods=["POST"]),
+                Route("/api/generate", self.chat_or_generate, methods=["POST"]),
+                Route("/api/embed", self.embed, methods=["POST"]),
+                Route("/api/embeddings", self.embeddings, methods=["POST"]),
+                Route("/api/pull", self.pull, methods=["POST"]),
+                Route("/api/push", self.create_or_push, methods=["POST"]),
+                Route("/api/create", self.create_or_push, methods=["POST"]),
+                Route("/api/copy", self.copy, methods=["POST"]),
+                Route("/api/delete", self.delete, methods=["DELETE"]),
+                Route("/api/blobs/{digest}", self.blobs, methods=["HEAD", "POST"]),
+                Route("/v1/embeddings", self.openai_embeddings, methods=["POST"]),
+                Route("/v1/chat/completions", self.openai_chat, methods=["POST"]),
+            ]
+        )

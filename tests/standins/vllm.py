@@ -75,13 +75,21 @@ class VLLMStandin:
         model = body.get("model")
         if model is not None and model not in self.models:
             return self._error(
-                404, f"The model `{model}` does not exist. Valid aliases: {', '.join(self.models)}.", "model", "NotFoundError"
+                404,
+                f"The model `{model}` does not exist. Valid aliases: {', '.join(self.models)}.",
+                "model",
+                "NotFoundError",
             )
         max_tokens = body.get("max_tokens")
         if max_tokens is not None and max_tokens < 1:
             return self._error(400, f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens")
         if chat and not body.get("messages"):
-            return self._error(400, "1 validation error:\n  {'type': 'missing', 'loc': 'body.messages'}", "body.messages", "Bad Request")
+            return self._error(
+                400,
+                "1 validation error:\n  {'type': 'missing', 'loc': 'body.messages'}",
+                "body.messages",
+                "Bad Request",
+            )
         if not chat and not body.get("prompt"):
             return self._error(400, "Prompt cannot be empty", "prompt")
         rp = body.get("repetition_penalty")
@@ -102,7 +110,9 @@ class VLLMStandin:
     def _prompt_tokens(body: dict[str, Any]) -> int:
         if "messages" in body:
             text = " ".join(
-                m["content"] if isinstance(m.get("content"), str) else " ".join(p.get("text", "x") for p in m.get("content") or [])
+                m["content"]
+                if isinstance(m.get("content"), str)
+                else " ".join(p.get("text", "x") for p in m.get("content") or [])
                 for m in body["messages"]
             )
         else:
@@ -110,7 +120,11 @@ class VLLMStandin:
         return len(text.split()) + 3
 
     def _tokens(self, body: dict[str, Any]) -> tuple[list[str], str]:
-        tokens = list(self.script.tokens) if self.script.tokens is not None else ["Hello", " from", f" {body.get('model')}", "!"]
+        tokens = (
+            list(self.script.tokens)
+            if self.script.tokens is not None
+            else ["Hello", " from", f" {body.get('model')}", "!"]
+        )
         finish = self.script.finish_reason
         stops = body.get("stop") or []
         if stops:
@@ -131,8 +145,16 @@ class VLLMStandin:
     async def models_endpoint(self, request: Request) -> Response:
         now = int(time.time())
         data = [
-            {"id": m, "object": "model", "created": now, "owned_by": "vllm", "root": f"/models/{m}", "parent": None,
-             "max_model_len": self.max_model_len, "permission": []}
+            {
+                "id": m,
+                "object": "model",
+                "created": now,
+                "owned_by": "vllm",
+                "root": f"/models/{m}",
+                "parent": None,
+                "max_model_len": self.max_model_len,
+                "permission": [],
+            }
             for m in self.models
         ]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
@@ -185,7 +207,11 @@ class VLLMStandin:
                 message[self.script.reasoning_field] = "".join(self.script.reasoning)
             if self.script.tool_calls:
                 message["tool_calls"] = [
-                    {"id": f"chatcmpl-tool-{i:016x}", "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                    {
+                        "id": f"chatcmpl-tool-{i:016x}",
+                        "type": "function",
+                        "function": {"name": c["name"], "arguments": c["arguments"]},
+                    }
                     for i, c in enumerate(self.script.tool_calls)
                 ]
                 finish = self.script.tool_finish_reason
@@ -195,8 +221,14 @@ class VLLMStandin:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": None}
             obj = "text_completion"
         self.completed += 1
-        resp = {"id": f"chatcmpl-{uuid.uuid4().hex[:16]}", "object": obj, "created": int(time.time()),
-                "model": body.get("model"), "choices": [choice], "usage": usage}
+        resp = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:16]}",
+            "object": obj,
+            "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": [choice],
+            "usage": usage,
+        }
         return Response(orjson.dumps(resp), media_type="application/json")
 
     async def _stream(self, body: dict[str, Any], chat: bool, request: Request):  # type: ignore[no-untyped-def]
@@ -207,7 +239,14 @@ class VLLMStandin:
         obj = "chat.completion.chunk" if chat else "text_completion"
 
         def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-            payload = {"id": cid, "object": obj, "created": created, "model": body.get("model"), "choices": choices, **extra}
+            payload = {
+                "id": cid,
+                "object": obj,
+                "created": created,
+                "model": body.get("model"),
+                "choices": choices,
+                **extra,
+            }
             return b"data: " + orjson.dumps(payload) + b"\n\n"
 
         def piece(delta: dict[str, Any] | None, text: str = "", finish_reason: str | None = None) -> dict[str, Any]:
@@ -233,7 +272,13 @@ class VLLMStandin:
                 if script.die_after is not None and sent >= script.die_after:
                     raise ConnectionAbortedError("stand-in dies mid-stream")
                 if script.error_event_after is not None and sent >= script.error_event_after:
-                    yield b"data: " + orjson.dumps({"error": {"message": "engine failure", "type": "InternalServerError", "code": 500}}) + b"\n\n"
+                    yield (
+                        b"data: "
+                        + orjson.dumps(
+                            {"error": {"message": "engine failure", "type": "InternalServerError", "code": 500}}
+                        )
+                        + b"\n\n"
+                    )
                     finished = True
                     return
                 last = i == len(tokens) - 1
@@ -242,21 +287,52 @@ class VLLMStandin:
                 sent += 1
             if script.tool_calls and chat:
                 for n, call in enumerate(script.tool_calls):
-                    yield event([piece({"content": None, "tool_calls": [
-                        {"id": f"chatcmpl-tool-{n:016x}", "type": "function", "index": n, "function": {"name": call["name"]}}]})])
+                    yield event(
+                        [
+                            piece(
+                                {
+                                    "content": None,
+                                    "tool_calls": [
+                                        {
+                                            "id": f"chatcmpl-tool-{n:016x}",
+                                            "type": "function",
+                                            "index": n,
+                                            "function": {"name": call["name"]},
+                                        }
+                                    ],
+                                }
+                            )
+                        ]
+                    )
                     args = call["arguments"]
                     size = max(1, -(-len(args) // max(script.tool_fragments, 1)))
                     for start in range(0, len(args), size):
-                        yield event([piece({"content": None, "tool_calls": [
-                            {"index": n, "function": {"arguments": args[start:start + size]}}]})])
+                        yield event(
+                            [
+                                piece(
+                                    {
+                                        "content": None,
+                                        "tool_calls": [
+                                            {"index": n, "function": {"arguments": args[start : start + size]}}
+                                        ],
+                                    }
+                                )
+                            ]
+                        )
                 yield event([piece({}, "", script.tool_finish_reason)])
             elif finish != "length" or not tokens:
                 yield event([piece({}, "", finish)], stop_reason=0)
             if (body.get("stream_options") or {}).get("include_usage"):
                 prompt = self._prompt_tokens(body)
                 calls = len(script.tool_calls or []) * 8
-                yield event([], usage={"prompt_tokens": prompt, "total_tokens": prompt + len(tokens) + calls,
-                                       "completion_tokens": len(tokens) + calls})
+                yield event(
+                    [],
+                    usage={
+                        "prompt_tokens": prompt,
+                        "total_tokens": prompt + len(tokens) + calls,
+                        "completion_tokens": len(tokens) + calls,
+                    },
+                )
             yield b"data: [DONE]\n\n"
             finished = True
             self.completed += 1
@@ -266,9 +342,11 @@ class VLLMStandin:
                 self.cancelled += 1
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/v1/models", self.models_endpoint, methods=["GET"]),
-            Route("/health", self.health, methods=["GET"]),
-            Route("/v1/chat/completions", self.completions, methods=["POST"]),
-            Route("/v1/completions", self.completions, methods=["POST"]),
-        ])
+        return Starlette(
+            routes=[
+                Route("/v1/models", self.models_endpoint, methods=["GET"]),
+                Route("/health", self.health, methods=["GET"]),
+                Route("/v1/chat/completions", self.completions, methods=["POST"]),
+                Route("/v1/completions", self.completions, methods=["POST"]),
+            ]
+        )

@@ -1,0 +1,161 @@
+"""One pure-ASGI middleware for what every request shares: request id, origin and API-key checks,
+CORS headers, metrics and the structured access-log line.
+
+Pure ASGI (not BaseHTTPMiddleware) so streaming responses pass through untouched, chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import secrets
+import time
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from adapter.config import Settings
+from adapter.errors import error_body
+from adapter.metrics import Metrics
+
+access_log = logging.getLogger("adapter.access")
+
+# Ollama's default allowed origins (envconfig.AllowedOrigins): local hosts on any port, and the
+# app/webview schemes of desktop apps and editors. ADAPTER_ORIGINS adds to them (like OLLAMA_ORIGINS).
+_DEFAULT_ORIGIN = re.compile(
+    r"^(https?://(localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1\])(:\d+)?"
+    r"|app://.*|file://.*|tauri://.*|vscode-webview://.*|vscode-file://.*)$",
+    re.IGNORECASE,
+)
+_OPEN_PATHS = ("/", "/health")
+_CORS_HEADERS = [
+    (b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"),
+    (
+        b"access-control-allow-headers",
+        b"Authorization, Content-Type, User-Agent, Accept, X-Requested-With, X-Request-ID, "
+        b"OpenAI-Beta, x-stainless-arch, x-stainless-async, x-stainless-lang, x-stainless-os, "
+        b"x-stainless-package-version, x-stainless-runtime, x-stainless-runtime-version, x-stainless-retry-count",
+    ),
+    (b"access-control-max-age", b"43200"),
+]
+
+
+def origin_allowed(origin: str, extra: list[str]) -> bool:
+    if _DEFAULT_ORIGIN.match(origin):
+        return True
+    for pattern in extra:
+        if pattern == "*" or pattern == origin:
+            return True
+        if "*" in pattern and re.fullmatch(re.escape(pattern).replace(r"\*", ".*"), origin):
+            return True
+    return False
+
+
+def endpoint_label(path: str) -> str:
+    """Bounded label values: the route, not the raw path (blob digests would explode cardinality)."""
+    if path.startswith("/api/blobs/"):
+        return "/api/blobs"
+    return path if len(path) < 40 else path[:40]
+
+
+class GatewayMiddleware:
+    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.origins = settings.adapter_origins
+        self.api_key = settings.adapter_api_key.get_secret_value().encode() if settings.adapter_api_key else None
+        self.access_log = settings.adapter_access_log
+
+    async def _reply(self, send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json; charset=utf-8"), *headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        request_id = ""
+        origin = ""
+        authorization = b""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")[:128]
+            elif name == b"origin":
+                origin = value.decode("latin-1")
+            elif name == b"authorization":
+                authorization = value
+        request_id = request_id or secrets.token_hex(12)
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        extra_headers = [(b"x-request-id", request_id.encode("latin-1"))]
+        path: str = scope["path"]
+        status_holder = [0]
+
+        if origin:
+            if not origin_allowed(origin, self.origins):
+                status_holder[0] = 403
+                await self._reply(send, 403, error_body(f"origin {origin!r} is not allowed"), extra_headers)
+                self._record(scope, state, status_holder[0], start)
+                return
+            extra_headers += [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+            if scope["method"] == "OPTIONS":
+                await send({"type": "http.response.start", "status": 204, "headers": extra_headers + _CORS_HEADERS})
+                await send({"type": "http.response.body", "body": b""})
+                return
+
+        if self.api_key is not None and path not in _OPEN_PATHS:
+            token = authorization[7:].strip() if authorization[:7].lower() == b"bearer " else b""
+            if not hmac.compare_digest(token, self.api_key):
+                status_holder[0] = 401
+                await self._reply(
+                    send, 401, error_body("unauthorized"), [*extra_headers, (b"www-authenticate", b"Bearer")]
+                )
+                self._record(scope, state, 401, start)
+                return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+                message["headers"] = list(message.get("headers", ())) + extra_headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            self._record(scope, state, status_holder[0] or 500, start)
+
+    def _record(self, scope: Scope, state: dict[str, Any], status: int, start: float) -> None:
+        elapsed = time.perf_counter() - start
+        path = scope["path"]
+        if path in ("/metrics", "/health"):
+            return
+        endpoint = endpoint_label(path)
+        backend = state.get("backend", "none")
+        model = state.get("model_label", "none")
+        self.metrics.requests.labels(endpoint, model, backend, str(status)).inc()
+        self.metrics.latency.labels(endpoint, backend).observe(elapsed)
+        if self.access_log and access_log.isEnabledFor(logging.INFO):
+            record = {
+                "request_id": state.get("request_id"),
+                "method": scope["method"],
+                "path": path,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 3),
+                "model": state.get("model"),
+                "backend": backend,
+                "stream": state.get("stream"),
+                "prompt_tokens": state.get("prompt_tokens"),
+                "completion_tokens": state.get("completion_tokens"),
+                "fallback": state.get("fallback"),
+                "client": (scope.get("client") or ("", 0))[0],
+            }
+            access_log.info(orjson.dumps({k: v for k, v in record.items() if v is not None}).decode())
