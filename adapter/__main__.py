@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
+import logging.handlers
 import os
+import queue
 import sys
 
 from pydantic import ValidationError
@@ -40,6 +43,23 @@ def load_settings(args: argparse.Namespace) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
+def configure_logging(level: str) -> None:
+    """Log records go through a queue to a writer thread: no blocking write on the event loop,
+    whatever stderr is connected to (a slow terminal, a full pipe)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log_queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(log_queue, handler, respect_handler_level=True)
+    listener.start()
+    atexit.register(listener.stop)
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(log_queue)]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
@@ -54,17 +74,14 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
-    logging.basicConfig(
-        level=settings.adapter_log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.adapter_log_level)
     try:
         uvicorn.run(
             app,
             host=settings.adapter_host,
             port=settings.adapter_port,
             log_level=settings.adapter_log_level,
+            log_config=None,  # keep the queue-based handlers set up above
             access_log=False,  # the gateway writes its own structured access line
             timeout_graceful_shutdown=5,
             server_header=False,

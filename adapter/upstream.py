@@ -43,7 +43,7 @@ class Upstream:
     ) -> None:
         self.name = name
         self.limiter = limiter or Limiter(max_connections, 0, 0)
-        self.base_url = base_url
+        self.base_url = safe_url(base_url)  # for messages: never echo credentials in a URL
         # identity: the SSE parser reads raw bytes, and compressing tokens on loopback only costs CPU.
         headers = {"Accept-Encoding": "identity"}
         if api_key:
