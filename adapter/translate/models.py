@@ -4,6 +4,7 @@ reports (`/v1/models`: id, max_model_len) and what the model id reveals. Pure.""
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from typing import Any
 
@@ -146,7 +147,7 @@ def parameters_text(context_length: int | None, stop: list[str] | None = None) -
     if context_length:
         lines.append(f"{'num_ctx':<30} {context_length}")
     for item in stop or ():
-        lines.append(f'{"stop":<30} "{item}"')
+        lines.append(f"{'stop':<30} {json.dumps(item)}")  # Go's %#v quotes and escapes like JSON
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from typing import Any
 
 import orjson
@@ -34,6 +35,9 @@ def image_to_data_url(image_b64: str) -> str:
     """Ollama sends raw base64 (no data: prefix); OpenAI wants a data URL."""
     if image_b64.startswith("data:"):
         image_b64 = image_b64.partition(",")[2]
+    if any(ch.isspace() for ch in image_b64[:80]) or image_b64[-2:].isspace():
+        # Go's decoder (and so Ollama) skips line breaks, as in base64.encodebytes output; vLLM does not.
+        image_b64 = "".join(image_b64.split())
     try:
         raw = base64.b64decode(image_b64, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -55,8 +59,9 @@ def _content_with_images(text: str, images: list[str] | None) -> str | list[dict
 
 def tool_call_id_for(message_index: int, call_index: int) -> str:
     """Stable ids for history tool calls that arrive without one: the same history gets the same ids,
-    so vLLM's prefix cache keeps working across turns."""
-    return f"call_{message_index}_{call_index}"
+    so vLLM's prefix cache keeps working across turns. Nine alphanumerics: the one shape every vLLM
+    tokenizer mode accepts (Mistral's insists on it)."""
+    return hashlib.sha256(f"{message_index}:{call_index}".encode()).hexdigest()[:9]
 
 
 def _arguments_json(arguments: Any) -> str:
@@ -135,7 +140,11 @@ def response_format_for(fmt: Any) -> dict[str, Any] | None:
         return {"type": "json_object"}
     if isinstance(fmt, dict):
         title = fmt.get("title")
-        name = "".join(ch for ch in title if ch.isalnum() or ch in "_-")[:64] if isinstance(title, str) else ""
+        name = (
+            "".join(ch for ch in title if ch.isascii() and (ch.isalnum() or ch in "_-"))[:64]
+            if isinstance(title, str)
+            else ""
+        )
         return {"type": "json_schema", "json_schema": {"name": name or "schema", "schema": fmt}}
     raise BadRequest(f'invalid format: {orjson.dumps(fmt).decode()}; expected "json" or a valid JSON Schema object')
 

@@ -284,7 +284,9 @@ def openai_response_to_ollama(
         upstream = timing.upstream or timing.start
         metrics = final_metrics(Timing(timing.start, upstream, upstream, timing.end), resp.get("usage"))
         metrics.pop("prompt_eval_duration")
+    if lp and target == "chat":
+        out["logprobs"] = lp  # ChatResponse puts logprobs before the metrics, GenerateResponse after
     out.update(metrics)
-    if lp:
+    if lp and target == "generate":
         out["logprobs"] = lp
     return out
