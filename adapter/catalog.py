@@ -39,6 +39,9 @@ class ModelEntry(BaseModel):
     fim: str | None = None
     family: str | None = None
     request_defaults: dict[str, Any] = Field(default_factory=dict)
+    # Mark every tool `strict` for vLLM, so arguments follow the tool's schema. Ollama's API (and its
+    # clients' tool types) cannot say `strict`; without it vLLM constrains only the call's envelope.
+    strict_tools: bool = False
 
     @field_validator("fim")
     @classmethod

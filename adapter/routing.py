@@ -41,6 +41,10 @@ class Route:
     def request_defaults(self) -> dict[str, Any]:
         return dict(self.entry.request_defaults) if self.entry is not None else {}
 
+    @property
+    def strict_tools(self) -> bool:
+        return self.entry is not None and self.entry.strict_tools
+
 
 @dataclass(slots=True)
 class _Listing:

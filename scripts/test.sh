@@ -20,6 +20,13 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   fi
 fi
 
+# The official JavaScript client for the client matrix (tests/clients/js), from its lockfile.
+if command -v npm >/dev/null && [ ! -d tests/clients/js/node_modules/ollama ]; then
+  echo "== npm ci (tests/clients/js)"
+  npm ci --prefix tests/clients/js --silent --no-audit --no-fund \
+    || echo "!! npm ci failed: the JS client tests will say why they skip"
+fi
+
 # The real vLLM engine tier (tests/engine): installed outside the tree, reused across runs.
 if [ -f tests/engine/setup_vllm.sh ] && [ "${ADAPTER_SKIP_ENGINE:-0}" != 1 ]; then
   if bash tests/engine/setup_vllm.sh; then

@@ -65,7 +65,7 @@ async def chat(request: Request) -> Response:
     _check_capabilities(model, route, body)
     if not messages:
         return json_response(load_response(model, rfc3339_utc(), "chat", unload=keep_alive == 0))
-    payload = ollama_chat_to_openai(body, route.upstream_model, stream, route.request_defaults)
+    payload = ollama_chat_to_openai(body, route.upstream_model, stream, route.request_defaults, route.strict_tools)
     return await _call_vllm(gw, request, "/v1/chat/completions", payload, model, "chat", stream, timing, body, route)
 
 

@@ -187,13 +187,24 @@ def _merge_extra(body: dict[str, Any], extra: dict[str, Any] | None) -> dict[str
     return body
 
 
+def strict_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {**tool, "function": {**tool["function"], "strict": True}} if isinstance(tool.get("function"), dict) else tool
+        for tool in tools
+    ]
+
+
 def ollama_chat_to_openai(
-    req: dict[str, Any], upstream_model: str, stream: bool, extra: dict[str, Any] | None = None
+    req: dict[str, Any],
+    upstream_model: str,
+    stream: bool,
+    extra: dict[str, Any] | None = None,
+    strict: bool = False,
 ) -> dict[str, Any]:
     body = _common(req, upstream_model, stream)
     body["messages"] = ollama_messages_to_openai(req.get("messages") or [])
     if req.get("tools"):  # vLLM 0.32 rejects "tools": [] with a 400; the Python client always sends it.
-        body["tools"] = req["tools"]
+        body["tools"] = strict_tools(req["tools"]) if strict else req["tools"]
         if req.get("tool_choice") is not None:
             body["tool_choice"] = req["tool_choice"]
     response_format = response_format_for(req.get("format"))
