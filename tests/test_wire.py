@@ -125,15 +125,12 @@ BAD_BODIES = [
     (b'{"model": "tiny", "format": "yaml", "messages": [{"role": "user", "content": "x"}]}', "invalid format"),
     (b'{"model": "tiny", "think": "extreme", "messages": [{"role": "user", "content": "x"}]}', "think"),
     (b'{"model": "tiny", "top_logprobs": 50, "messages": [{"role": "user", "content": "x"}]}', "top_logprobs"),
-    (b'{"model": "tiny", "messages": [{"role": "user", "content": "x", "images": ["%%%"]}]}', "base64"),
 ]
 
 
 @pytest.mark.parametrize(("raw", "needle"), BAD_BODIES)
 def test_bad_chat_bodies_are_400(http: httpx.Client, vllm: VLLMStandin, raw: bytes, needle: str) -> None:
     r = http.post("/api/chat", content=raw)
-    if needle == "base64":  # images on a non-vision vLLM model go to Ollama Vision; force a vision model
-        pytest.skip("covered in test_vision")
     assert r.status_code == 400, r.text
     body = r.json()
     assert list(body) == ["error"]
@@ -181,3 +178,29 @@ def test_stream_without_usage_still_ends_with_done(http: httpx.Client, vllm: VLL
     r = http.post("/api/generate", json={"model": "tiny", "prompt": "x"})
     last = orjson.loads(r.content.splitlines()[-1])
     assert last["done"] is True
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'data: {"choices": "nope"}\n\ndata: [DONE]\n\n',
+        b"data: [1, 2, 3]\n\ndata: [DONE]\n\n",
+        b'data: {"choices": [{"delta": {"content": 5}}]}\n\ndata: [DONE]\n\n',
+        b'data: {"choices": [{"delta": {"tool_calls": "x"}}]}\n\ndata: [DONE]\n\n',
+    ],
+)
+def test_upstream_wrong_shapes_reported(http: httpx.Client, vllm: VLLMStandin, body: bytes) -> None:
+    vllm.script = Script(garbage=body)
+    r = http.post("/api/chat", json={"model": "tiny", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 200
+    last = orjson.loads(r.content.splitlines()[-1])
+    assert list(last) == ["error"] or last.get("done") is True
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b'{"choices": "x"}', b'{"choices": [{"message": 5}]}', b"{}"])
+def test_upstream_wrong_shapes_non_streaming(http: httpx.Client, vllm: VLLMStandin, body: bytes) -> None:
+    vllm.script = Script(garbage=body)
+    r = http.post("/api/chat", json={"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stream": False})
+    assert r.status_code in (200, 502), r.text
+    if r.status_code == 502:
+        assert "vLLM" in r.json()["error"]

@@ -34,6 +34,7 @@ from adapter.translate.responses import (
     StreamTranslator,
     Target,
     Timing,
+    UpstreamStreamError,
     load_response,
     openai_response_to_ollama,
     rfc3339_utc,
@@ -42,6 +43,8 @@ from adapter.upstream import iter_sse_json
 from vision.proxy import forward
 
 T = TypeVar("T")
+# What a translator raises on a body that is JSON but not vLLM's shape (a list where a dict belongs...).
+MALFORMED = (AttributeError, TypeError, KeyError, IndexError)
 JSON_UTF8 = "application/json; charset=utf-8"
 
 
@@ -282,9 +285,13 @@ async def _vllm_request(
         timing.end = time.perf_counter_ns()
         try:
             out = openai_response_to_ollama(data, model, target, rfc3339_utc(), timing, logprobs)
-        except ValueError as exc:
+            _count_tokens(request, gw, data.get("usage"))
+        except ValueError as exc:  # UpstreamStreamError included: a tool call cut off, an error body
             raise OllamaError(502, str(exc)) from None
-        _count_tokens(request, gw, data.get("usage"))
+        except MALFORMED as exc:
+            raise OllamaError(
+                502, f"{gw.vllm.name} sent a response of an unexpected shape ({type(exc).__name__})"
+            ) from None
         return json_response(out)
 
     # Headers come back at once; the read timeout then bounds the wait for each event, the first
@@ -299,7 +306,12 @@ async def _vllm_request(
 
     async def chunks() -> AsyncIterator[bytes]:
         async for event in iter_sse_json(response):
-            out = translator.feed(event, rfc3339_utc())
+            try:
+                out = translator.feed(event, rfc3339_utc())
+            except MALFORMED as exc:
+                raise UpstreamStreamError(
+                    f"{gw.vllm.name} sent a chunk of an unexpected shape ({type(exc).__name__})"
+                ) from None
             if out:
                 if not timing.first:
                     timing.first = time.perf_counter_ns()
