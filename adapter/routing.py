@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from adapter.catalog import Catalog, ModelEntry, normalize_name
 from adapter.errors import ModelNotFound, OllamaError
+from adapter.translate.models import default_capabilities
 from adapter.upstream import Upstream
 
 log = logging.getLogger("adapter.routing")
@@ -31,8 +32,6 @@ class Route:
 
     @property
     def capabilities(self) -> tuple[str, ...]:
-        from adapter.translate.models import default_capabilities
-
         if self.entry is not None and self.entry.capabilities is not None:
             return self.entry.capabilities
         return tuple(default_capabilities(self.upstream_model)) if self.backend == "vllm" else ()
@@ -164,10 +163,9 @@ class ModelRegistry:
         for max_age in (None, 1.0):  # cached first; on a miss, refresh if older than a second
             vllm = await self.listing("vllm", max_age=max_age)
             card = _match(vllm.models, key, ("id",))
-            ollama = None
-            if self.vision is not None:
-                ollama = _match((await self.listing("ollama", max_age=max_age)).models, key, ("model", "name"))
             if card is not None:
+                # A vLLM model never waits for Ollama Vision: the clash check uses what is cached.
+                ollama = _match(self._listings["ollama"].models, key, ("model", "name"))
                 if ollama is not None and key not in self._warned_clashes:
                     self._warned_clashes.add(key)
                     log.warning(
@@ -176,6 +174,9 @@ class ModelRegistry:
                         original,
                     )
                 return Route("vllm", card["id"], None, card.get("max_model_len"))
+            ollama = None
+            if self.vision is not None:
+                ollama = _match((await self.listing("ollama", max_age=max_age)).models, key, ("model", "name"))
             if ollama is not None:
                 return Route("ollama", ollama.get("model") or ollama["name"])
             if not vllm.ok and max_age is not None:
