@@ -12,8 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
+from adapter.errors import OllamaError, UpstreamUnavailable
 from adapter.upstream import Upstream
 
 log = logging.getLogger("adapter.health")
@@ -59,13 +58,15 @@ class HealthMonitor:
     async def probe(self, key: str) -> None:
         upstream, path = self.backends[key]
         try:
-            response = await upstream.client.get(path, timeout=httpx.Timeout(max(self.interval, 2.0)))
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            refused = "starting" if not self.states[key].ever_healthy else "unreachable"
-            self._set(key, refused, f"{type(exc).__name__}")
+            response = await upstream.send("GET", path, read_timeout=max(self.interval, 2.0), raise_for_status=False)
+            await response.aclose()
+        except UpstreamUnavailable:
+            # Refused: vLLM listens only once its weights are loaded, so before the first success
+            # this is "starting", after it "unreachable".
+            self._set(key, "starting" if not self.states[key].ever_healthy else "unreachable", "connection refused")
             return
-        except httpx.HTTPError as exc:
-            self._set(key, "unhealthy", type(exc).__name__)
+        except OllamaError as exc:
+            self._set(key, "unhealthy", exc.message)
             return
         if response.status_code < 400:
             self._set(key, "healthy")

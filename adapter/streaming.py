@@ -7,12 +7,13 @@ vLLM slot keeps generating for nobody.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import anyio
-import httpx
 import orjson
 from starlette.types import Receive, Scope, Send
 
@@ -33,9 +34,9 @@ def mid_stream_error_message(exc: BaseException, backend: str) -> str:
         return exc.message
     if isinstance(exc, UpstreamStreamError):
         return str(exc)
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, asyncio.TimeoutError):
         return f"{backend} timed out while streaming"
-    if isinstance(exc, httpx.HTTPError):
+    if isinstance(exc, aiohttp.ClientError):
         return f"{backend} connection lost while streaming ({type(exc).__name__})"
     if isinstance(exc, ValueError):
         return f"{backend} sent a malformed stream: {exc}"

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from adapter.streaming import StreamResponse
-from adapter.upstream import Upstream
+from adapter.upstream import BACKEND_DEFAULT, Upstream, UpstreamResponse
 
 # Response headers worth keeping; hop-by-hop and length headers are the server's business.
 _KEEP_HEADERS = ("content-type", "retry-after", "location")
@@ -27,7 +26,7 @@ async def forward(
     body: bytes | None = None,
     json_body: dict[str, Any] | None = None,
     content_type: str | None = "application/json",
-    read_timeout: float | bool | None = False,
+    read_timeout: float | None = BACKEND_DEFAULT,
     request_id: str | None = None,
     rewrite_model: str | None = None,
 ) -> StreamResponse | Response:
@@ -76,13 +75,13 @@ async def forward(
     )
 
 
-async def _raw_bytes(response: httpx.Response):  # type: ignore[no-untyped-def]
+async def _raw_bytes(response: UpstreamResponse):  # type: ignore[no-untyped-def]
     async for chunk in response.aiter_raw():
         if chunk:
             yield chunk
 
 
-async def _model_rewritten(response: httpx.Response, model: str):  # type: ignore[no-untyped-def]
+async def _model_rewritten(response: UpstreamResponse, model: str):  # type: ignore[no-untyped-def]
     """NDJSON (or one JSON object) with each object's `model` replaced."""
     buffer = b""
     async for chunk in response.aiter_raw():

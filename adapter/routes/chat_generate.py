@@ -39,7 +39,7 @@ from adapter.translate.responses import (
     openai_response_to_ollama,
     rfc3339_utc,
 )
-from adapter.upstream import iter_sse_json
+from adapter.upstream import iter_sse_batches
 from vision.proxy import forward
 
 T = TypeVar("T")
@@ -266,7 +266,7 @@ async def _vllm_request(
 ) -> Response:
     settings = gw.settings
     metrics = gw.metrics
-    endpoint = request.url.path
+    endpoint = request.scope["path"]
     logprobs = bool(body.get("logprobs"))
     headers = {"X-Request-ID": f"{request.state.request_id}-{secrets.token_hex(4)}"}
     timing.upstream = time.perf_counter_ns()
@@ -305,9 +305,11 @@ async def _vllm_request(
     ttft = metrics.ttft.labels(endpoint, "vllm")
 
     async def chunks() -> AsyncIterator[bytes]:
-        async for event in iter_sse_json(response):
+        # One write per upstream read: the events that arrived together are answered together.
+        async for events in iter_sse_batches(response):
+            created = rfc3339_utc()
             try:
-                out = translator.feed(event, rfc3339_utc())
+                out = [line for event in events for line in map(ndjson_line, translator.feed(event, created))]
             except MALFORMED as exc:
                 raise UpstreamStreamError(
                     f"{gw.vllm.name} sent a chunk of an unexpected shape ({type(exc).__name__})"
@@ -316,7 +318,7 @@ async def _vllm_request(
                 if not timing.first:
                     timing.first = time.perf_counter_ns()
                     ttft.observe((timing.first - timing.start) / 1e9)
-                yield b"".join(ndjson_line(c) for c in out) if len(out) > 1 else ndjson_line(out[0])
+                yield out[0] if len(out) == 1 else b"".join(out)
             if deadline is not None and time.monotonic() > deadline:
                 raise UpstreamTimeout(gw.vllm.name, f"total time limit of {total:g} s reached")
         timing.end = time.perf_counter_ns()
