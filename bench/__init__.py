@@ -1,0 +1,1 @@
+"""The gateway's benchmark: see bench/README.md. `python -m bench [--quick]`."""
