@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -69,7 +70,8 @@ async def chat(request: Request) -> Response:
     if not messages:
         return json_response(load_response(model, rfc3339_utc(), "chat", unload=keep_alive == 0))
     payload = ollama_chat_to_openai(body, route.upstream_model, stream, route.request_defaults, route.strict_tools)
-    return await _call_vllm(gw, request, "/v1/chat/completions", payload, model, "chat", stream, timing, body, route)
+    call = VllmCall("/v1/chat/completions", payload, model, "chat", stream, timing, bool(body.get("logprobs")))
+    return await _call_vllm(gw, request, call, body, route)
 
 
 async def generate(request: Request) -> Response:
@@ -100,7 +102,8 @@ async def generate(request: Request) -> Response:
     else:
         payload = ollama_generate_to_openai_chat(body, route.upstream_model, stream, route.request_defaults)
         path = "/v1/chat/completions"
-    return await _call_vllm(gw, request, path, payload, model, "generate", stream, timing, body, route)
+    call = VllmCall(path, payload, model, "generate", stream, timing, bool(body.get("logprobs")))
+    return await _call_vllm(gw, request, call, body, route)
 
 
 def fim_prompt(model: str, route: Route, prefix: str, suffix: str) -> str:
@@ -181,23 +184,26 @@ async def _until_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
     return result[0]
 
 
-async def _call_vllm(
-    gw: Gateway,
-    request: Request,
-    path: str,
-    payload: dict[str, Any],
-    model: str,
-    target: Target,
-    stream: bool,
-    timing: Timing,
-    body: dict[str, Any],
-    route: Route,
-) -> Response:
+@dataclass(slots=True)
+class VllmCall:
+    """One translated request for vLLM, and what translating its answer back needs."""
+
+    path: str
+    payload: dict[str, Any]
+    model: str  # as the client named it: echoed in every answer
+    target: Target
+    stream: bool
+    timing: Timing
+    logprobs: bool
+
+
+async def _call_vllm(gw: Gateway, request: Request, call: VllmCall, body: dict[str, Any], route: Route) -> Response:
+    target = call.target
     fallback = gw.fallback_for(route)
     if fallback:
         return await _fallback(gw, request, target, body, route, fallback)
     try:
-        return await _vllm_exchange(gw, request, path, payload, model, target, stream, timing, body)
+        return await _vllm_exchange(gw, request, call)
     except UpstreamUnavailable as exc:
         gw.metrics.upstream_errors.labels("vllm", "connect").inc()
         gw.monitor.mark_unreachable("vllm", exc.message)
@@ -222,17 +228,7 @@ async def _fallback(
     return await _to_vision(gw, request, path, body, route, as_model=fallback)
 
 
-async def _vllm_exchange(
-    gw: Gateway,
-    request: Request,
-    path: str,
-    payload: dict[str, Any],
-    model: str,
-    target: Target,
-    stream: bool,
-    timing: Timing,
-    body: dict[str, Any],
-) -> Response:
+async def _vllm_exchange(gw: Gateway, request: Request, call: VllmCall) -> Response:
     """One request to vLLM under the limiter: the slot is held until the answer is complete (for a
     stream: until the stream ends, however it ends) and released exactly once."""
     limiter = gw.vllm.limiter
@@ -246,31 +242,27 @@ async def _vllm_exchange(
             limiter.release()
 
     try:
-        return await _vllm_request(gw, request, path, payload, model, target, stream, timing, body, release)
+        return await _vllm_request(gw, request, call, release)
     except BaseException:
         release()
         raise
 
 
-async def _vllm_request(
-    gw: Gateway,
-    request: Request,
-    path: str,
-    payload: dict[str, Any],
-    model: str,
-    target: Target,
-    stream: bool,
-    timing: Timing,
-    body: dict[str, Any],
-    release: Callable[[], None],
-) -> Response:
+async def _vllm_request(gw: Gateway, request: Request, call: VllmCall, release: Callable[[], None]) -> Response:
+    path, payload, model, target, timing, logprobs = (
+        call.path,
+        call.payload,
+        call.model,
+        call.target,
+        call.timing,
+        call.logprobs,
+    )
     settings = gw.settings
     metrics = gw.metrics
     endpoint = request.scope["path"]
-    logprobs = bool(body.get("logprobs"))
     headers = {"X-Request-ID": f"{request.state.request_id}-{secrets.token_hex(4)}"}
     timing.upstream = time.perf_counter_ns()
-    if not stream:
+    if not call.stream:
 
         async def whole() -> dict[str, Any]:
             response = await gw.vllm.post_json(
