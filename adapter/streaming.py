@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
-import anyio
 import orjson
 from starlette.types import Receive, Scope, Send
 
@@ -21,6 +20,7 @@ from adapter.errors import OllamaError, error_body
 from adapter.translate.responses import UpstreamStreamError
 
 log = logging.getLogger("adapter.streaming")
+T = TypeVar("T")
 
 NDJSON = b"application/x-ndjson"
 
@@ -72,40 +72,59 @@ class StreamResponse:
         self.disconnected = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = [(b"content-type", self.media_type), *self.headers]
         try:
-            async with anyio.create_task_group() as tg:
-
-                async def watch_disconnect() -> None:
-                    while True:
-                        message = await receive()
-                        if message["type"] == "http.disconnect":
-                            self.disconnected = True
-                            tg.cancel_scope.cancel()
-                            return
-
-                tg.start_soon(watch_disconnect)
-                await send({"type": "http.response.start", "status": self.status, "headers": headers})
-                try:
-                    async for chunk in self.chunks:
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                except Exception as exc:  # after the first byte: report in-band, keep status 200
-                    if not self.error_lines:
-                        raise
-                    message = mid_stream_error_message(exc, self.backend)
-                    log.warning("stream from %s ended with an error: %s", self.backend, message)
-                    await send({"type": "http.response.body", "body": error_body(message) + b"\n", "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                tg.cancel_scope.cancel()
+            _, self.disconnected = await until_disconnect(receive, self._write_all(send))
         except OSError:
             self.disconnected = True  # the socket went away under send()
         finally:
-            with anyio.CancelScope(shield=True):
-                aclose = getattr(self.chunks, "aclose", None)
-                if aclose is not None:
-                    try:
-                        await aclose()
-                    except Exception:
-                        log.debug("closing the chunk producer failed", exc_info=True)
-                if self.on_close is not None:
-                    await self.on_close()
+            aclose = getattr(self.chunks, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:
+                    log.debug("closing the chunk producer failed", exc_info=True)
+            if self.on_close is not None:
+                await self.on_close()
+
+    async def _write_all(self, send: Send) -> None:
+        headers = [(b"content-type", self.media_type), *self.headers]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        try:
+            async for chunk in self.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except Exception as exc:  # after the first byte: report in-band, keep status 200
+            if not self.error_lines:
+                raise
+            message = mid_stream_error_message(exc, self.backend)
+            log.warning("stream from %s ended with an error: %s", self.backend, message)
+            await send({"type": "http.response.body", "body": error_body(message) + b"\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def until_disconnect(receive: Receive, work: Awaitable[T]) -> tuple[T | None, bool]:
+    """Run `work` in this task, cancelling it if the client disconnects first; (result, gone).
+
+    One small watcher task per request: cancelling the work closes the upstream request, so no vLLM
+    slot keeps generating for nobody (non-streaming requests included).
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        return await work, False
+    except asyncio.CancelledError:
+        if not gone:
+            raise  # cancelled from outside (shutdown): not ours to swallow
+        task.uncancel()
+        return None, True
+    finally:
+        watcher.cancel()

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import anyio
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,7 +24,7 @@ from adapter.schemas import (
     read_json_object,
     validate,
 )
-from adapter.streaming import StreamResponse, ndjson_line
+from adapter.streaming import StreamResponse, ndjson_line, until_disconnect
 from adapter.translate.requests import (
     ollama_chat_to_openai,
     ollama_generate_to_openai_chat,
@@ -158,30 +157,10 @@ async def _to_vision(
 async def _until_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
     """Await the upstream call, but give up (and so close the upstream request) if the client
     leaves first: a non-streaming request must not hold a vLLM slot for nobody either."""
-    result: list[T] = []
-    failure: list[BaseException] = []
-
-    async with anyio.create_task_group() as tg:
-
-        async def run() -> None:
-            try:
-                result.append(await awaitable)
-            except Exception as exc:  # re-raised below, outside the task group (no ExceptionGroup)
-                failure.append(exc)
-            tg.cancel_scope.cancel()
-
-        async def watch() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(run)
-        tg.start_soon(watch)
-    if failure:
-        raise failure[0]
-    if not result:
+    result, gone = await until_disconnect(request.receive, awaitable)
+    if gone:
         raise OllamaError(499, "request canceled")
-    return result[0]
+    return result  # type: ignore[return-value]
 
 
 @dataclass(slots=True)
