@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     # Timeouts in seconds (0 disables the one it names).
     adapter_connect_timeout: float = Field(5.0, ge=0)
     adapter_first_token_timeout: float = Field(30.0, ge=0)
-    adapter_total_timeout: float = Field(600.0, ge=0)
+    adapter_total_timeout: float = Field(120.0, ge=0)
 
     # Operations (issue: health, fallback, back-pressure, security).
     adapter_mode: Literal["chat", "ingestion"] = "chat"
