@@ -45,6 +45,17 @@ class Route:
         return self.entry is not None and self.entry.strict_tools
 
 
+@dataclass(frozen=True, slots=True)
+class ListedName:
+    """A name a client can use for a vLLM model, as /api/tags, /api/ps and /v1/models list it."""
+
+    key: str  # normalize_name(name)
+    name: str
+    upstream_id: str
+    family: str | None
+    context_length: int | None
+
+
 @dataclass(slots=True)
 class _Listing:
     """One backend's discovered models and when we asked."""
@@ -124,11 +135,30 @@ class ModelRegistry:
             self._first_seen.setdefault(f"{backend}:{m.get('id') or m.get('model') or m.get('name')}", now)
         return _Listing(models, time.monotonic(), True, "")
 
+    def vllm_names(self, cards: list[dict[str, Any]]) -> list[ListedName]:
+        """Every name that reaches vLLM (catalog entries and their aliases, MODEL_ALIASES, then
+        discovered ids), once each, first definition winning."""
+        context = {card["id"]: card.get("max_model_len") for card in cards}
+        out: dict[str, ListedName] = {}
+
+        def add(name: str, upstream_id: str, family: str | None = None, context_length: int | None = None) -> None:
+            key = normalize_name(name)
+            if key not in out:
+                out[key] = ListedName(key, name, upstream_id, family, context_length or context.get(upstream_id))
+
+        for entry in self.catalog.models:
+            if entry.backend == "vllm":
+                for name in (entry.name, *entry.aliases):
+                    add(name, entry.upstream_id, entry.family, entry.context_length)
+        for alias, target in self.alias_names.items():
+            add(alias, target)
+        if self.catalog.discover:
+            for upstream_id in sorted(context):
+                add(upstream_id, upstream_id)
+        return list(out.values())
+
     def first_seen(self, backend: Backend, upstream_id: str) -> float:
         return self._first_seen.setdefault(f"{backend}:{upstream_id}", time.time())
-
-    async def vllm_models(self) -> list[dict[str, Any]]:
-        return (await self.listing("vllm")).models
 
     async def vllm_card(self, upstream_id: str) -> dict[str, Any] | None:
         for card in (await self.listing("vllm")).models:

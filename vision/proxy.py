@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.requests import Request
 from starlette.responses import Response
 
 from adapter.streaming import StreamResponse
@@ -101,16 +100,3 @@ def _with_model(line: bytes, model: str) -> bytes:
     if isinstance(obj, dict) and "model" in obj:
         obj["model"] = model
     return orjson.dumps(obj)
-
-
-async def forward_request(
-    vision: Upstream, request: Request, path: str, body: bytes | None
-) -> StreamResponse | Response:
-    """Forward the client's own request (method, body, content type) to the same path."""
-    return await forward(
-        vision,
-        request.method,
-        path,
-        body=body if body else None,
-        content_type=request.headers.get("content-type") or "application/json",
-    )

@@ -50,28 +50,6 @@ async def _ollama_models(gw: Gateway, path: str) -> list[dict[str, Any]]:
         return []
 
 
-def vllm_tag_entries(gw: Gateway, cards: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """(lookup key, /api/tags item) for every name that reaches vLLM: catalog, aliases, discovery."""
-    registry = gw.registry
-    served = {card["id"] for card in cards}
-    out: list[tuple[str, dict[str, Any]]] = []
-
-    def add(name: str, upstream_id: str, family: str | None = None) -> None:
-        modified = local_rfc3339(registry.first_seen("vllm", upstream_id))
-        out.append((normalize_name(name), tags_entry(name, upstream_id, modified, family)))
-
-    for entry in registry.catalog.models:
-        if entry.backend == "vllm":
-            for name in (entry.name, *entry.aliases):
-                add(name, entry.upstream_id, entry.family)
-    for alias, target in registry.alias_names.items():
-        add(alias, target)
-    if registry.catalog.discover:
-        for upstream_id in sorted(served):
-            add(upstream_id, upstream_id)
-    return out
-
-
 async def tags(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     registry = gw.registry
@@ -80,10 +58,10 @@ async def tags(request: Request) -> Response:
         log.warning("listing models without vLLM: %s", vllm_listing.error)
     models: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for key, item in vllm_tag_entries(gw, vllm_listing.models):
-        if key not in seen:
-            seen.add(key)
-            models.append(item)
+    for listed in registry.vllm_names(vllm_listing.models):
+        seen.add(listed.key)
+        modified = local_rfc3339(registry.first_seen("vllm", listed.upstream_id))
+        models.append(tags_entry(listed.name, listed.upstream_id, modified, listed.family))
     ollama_by_key = {normalize_name(m.get("model") or m.get("name") or ""): m for m in ollama_listing.models}
     for entry in registry.catalog.models:
         if entry.backend == "ollama":
@@ -149,20 +127,8 @@ async def ps(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     vllm_listing, ollama_running = await asyncio.gather(gw.registry.listing("vllm"), _ollama_models(gw, "/api/ps"))
     expires = local_rfc3339(time.time() + _FOREVER_SECONDS)
-    models = []
-    seen = set()
-    for key, item in vllm_tag_entries(gw, vllm_listing.models):
-        if key in seen:
-            continue
-        seen.add(key)
-        upstream_id = next((c for c in vllm_listing.models if normalize_name(c["id"]) == key), None)
-        context = upstream_id.get("max_model_len") if upstream_id else None
-        models.append(_ps_from_tag(item, expires, context))
+    names = gw.registry.vllm_names(vllm_listing.models)
+    models = [ps_entry(n.name, n.upstream_id, expires, n.context_length, n.family) for n in names]
+    seen = {n.key for n in names}
     models.extend(m for m in ollama_running if normalize_name(m.get("model") or m.get("name") or "") not in seen)
     return json_response({"models": models})
-
-
-def _ps_from_tag(item: dict[str, Any], expires: str, context: int | None) -> dict[str, Any]:
-    entry = ps_entry(item["name"], item["name"], expires, context, item["details"]["family"])
-    entry.update(size=item["size"], size_vram=item["size"], digest=item["digest"], details=item["details"])
-    return entry

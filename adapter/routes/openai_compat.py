@@ -6,6 +6,7 @@ embeddings and vision models go to Ollama Vision's own /v1 endpoints. Errors are
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -95,20 +96,15 @@ async def embeddings(request: Request) -> Response:
 
 
 async def list_models(request: Request) -> Response:
-    from adapter.routes.models import vllm_tag_entries
-
     gw: Gateway = request.app.state.gateway
     registry = gw.registry
-    vllm_listing = await registry.listing("vllm")
-    ollama_listing = await registry.listing("ollama")
+    vllm_listing, ollama_listing = await asyncio.gather(registry.listing("vllm"), registry.listing("ollama"))
     data: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for key, item in vllm_tag_entries(gw, vllm_listing.models):
-        if key in seen:
-            continue
-        seen.add(key)
-        name = item["name"].removesuffix(":latest")
-        data.append({"id": name, "object": "model", "created": int(time.time()), "owned_by": "vllm"})
+    for listed in registry.vllm_names(vllm_listing.models):
+        seen.add(listed.key)
+        created = int(registry.first_seen("vllm", listed.upstream_id))
+        data.append({"id": listed.name, "object": "model", "created": created, "owned_by": "vllm"})
     for m in ollama_listing.models:
         name = m.get("model") or m.get("name") or ""
         if normalize_name(name) in seen:
