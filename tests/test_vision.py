@@ -110,6 +110,8 @@ def test_ps_merges(client: ollama.Client) -> None:
     assert "tiny:latest" in names and "llava:7b" in names
     tiny = next(m for m in running.models if m.model == "tiny:latest")
     assert tiny.context_length == 2048 and tiny.expires_at.year > 2100
+    alias = next(m for m in running.models if m.model == "llama2:7b")  # MODEL_ALIASES llama2:7b=tiny
+    assert alias.context_length == 2048
 
 
 def test_pull_served_model_succeeds_locally(client: ollama.Client, http: httpx.Client, vision: OllamaStandin) -> None:
