@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapter.errors import OllamaError, UpstreamUnavailable
-from adapter.upstream import Upstream
+from adapter.upstream import STREAM_ERRORS, Upstream
 
 log = logging.getLogger("adapter.health")
 
@@ -59,7 +59,10 @@ class HealthMonitor:
         upstream, path = self.backends[key]
         try:
             response = await upstream.send("GET", path, read_timeout=max(self.interval, 2.0), raise_for_status=False)
-            await response.aclose()
+            try:
+                await response.aread()  # read to the end, so the probe's connection is reused
+            finally:
+                await response.aclose()
         except UpstreamUnavailable:
             # Refused: vLLM listens only once its weights are loaded, so before the first success
             # this is "starting", after it "unreachable".
@@ -67,6 +70,9 @@ class HealthMonitor:
             return
         except OllamaError as exc:
             self._set(key, "unhealthy", exc.message)
+            return
+        except STREAM_ERRORS as exc:
+            self._set(key, "unhealthy", f"{path}: {type(exc).__name__}")
             return
         if response.status_code < 400:
             self._set(key, "healthy")
