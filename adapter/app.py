@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from adapter.catalog import Catalog, load_catalog
 from adapter.config import Settings
-from adapter.errors import OllamaError, error_response
+from adapter.errors import OllamaError, error_response, response_for
 from adapter.gateway import Gateway
 from adapter.metrics import Metrics
 from adapter.middleware import GatewayMiddleware
@@ -46,14 +46,16 @@ def routes() -> list[Route]:
         Route("/v1/chat/completions", openai_compat.chat_completions, methods=["POST"]),
         Route("/v1/completions", openai_compat.completions, methods=["POST"]),
         Route("/v1/embeddings", openai_compat.embeddings, methods=["POST"]),
+        Route("/v1/responses", openai_compat.responses, methods=["POST"]),
+        Route("/v1/messages", openai_compat.messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", openai_compat.count_tokens, methods=["POST"]),
         Route("/v1/models", openai_compat.list_models, methods=["GET"]),
     ]
 
 
 async def _ollama_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, OllamaError)
-    retry_after = getattr(exc, "retry_after", None)
-    return error_response(exc.status, exc.message, {"Retry-After": str(retry_after)} if retry_after else None)
+    return response_for(exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

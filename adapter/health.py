@@ -62,7 +62,7 @@ class HealthMonitor:
             try:
                 await response.aread()  # read to the end, so the probe's connection is reused
             finally:
-                await response.aclose()
+                response.close()
         except UpstreamUnavailable:
             # Refused: vLLM listens only once its weights are loaded, so before the first success
             # this is "starting", after it "unreachable".
@@ -106,9 +106,6 @@ class HealthMonitor:
         state = self.states[key]
         if state.status == "healthy" or state.status == "unknown":
             self._set(key, "unreachable" if state.ever_healthy else "starting", detail)
-
-    def healthy(self, key: str) -> bool:
-        return self.states[key].status in ("healthy", "unknown")
 
     def unhealthy_for(self, key: str) -> float:
         """Seconds the backend has been in a non-healthy state (0 when healthy)."""

@@ -16,8 +16,7 @@ BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceede
 
 class Busy(OllamaError):
     def __init__(self, retry_after: int = 1) -> None:
-        super().__init__(503, BUSY_MESSAGE)
-        self.retry_after = retry_after
+        super().__init__(503, BUSY_MESSAGE, retry_after=str(retry_after))
 
 
 class Limiter:

@@ -11,12 +11,12 @@ import logging
 import re
 import secrets
 import time
-from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapter.config import Settings
+from adapter.context import FACTS_KEY, RequestFacts
 from adapter.errors import error_body
 from adapter.metrics import Metrics
 
@@ -94,8 +94,8 @@ class GatewayMiddleware:
             elif name == b"authorization":
                 authorization = value
         request_id = request_id or secrets.token_hex(12)
-        state: dict[str, Any] = scope.setdefault("state", {})
-        state["request_id"] = request_id
+        facts = RequestFacts(request_id, endpoint_label(scope["path"]))
+        scope.setdefault("state", {})[FACTS_KEY] = facts
         extra_headers = [(b"x-request-id", request_id.encode("latin-1"))]
         path: str = scope["path"]
         status_holder = [0]
@@ -104,7 +104,7 @@ class GatewayMiddleware:
             if not origin_allowed(origin, self.origins):
                 status_holder[0] = 403
                 await self._reply(send, 403, error_body(f"origin {origin!r} is not allowed"), extra_headers)
-                self._record(scope, state, status_holder[0], start)
+                self._record(scope, facts, 403, start)
                 return
             extra_headers += [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
             if scope["method"] == "OPTIONS":
@@ -119,7 +119,7 @@ class GatewayMiddleware:
                 await self._reply(
                     send, 401, error_body("unauthorized"), [*extra_headers, (b"www-authenticate", b"Bearer")]
                 )
-                self._record(scope, state, 401, start)
+                self._record(scope, facts, 401, start)
                 return
 
         async def send_with_headers(message: Message) -> None:
@@ -131,31 +131,29 @@ class GatewayMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            self._record(scope, state, status_holder[0] or 500, start)
+            self._record(scope, facts, status_holder[0] or 500, start)
 
-    def _record(self, scope: Scope, state: dict[str, Any], status: int, start: float) -> None:
+    def _record(self, scope: Scope, facts: RequestFacts, status: int, start: float) -> None:
         elapsed = time.perf_counter() - start
         path = scope["path"]
         if path in ("/metrics", "/health"):
             return
-        endpoint = endpoint_label(path)
-        backend = state.get("backend", "none")
-        model = state.get("model_label", "none")
-        self.metrics.requests.labels(endpoint, model, backend, str(status)).inc()
-        self.metrics.latency.labels(endpoint, backend).observe(elapsed)
+        self.metrics.requests.labels(facts.endpoint, facts.model_label, facts.backend, str(status)).inc()
+        self.metrics.latency.labels(facts.endpoint, facts.backend).observe(elapsed)
         if self.access_log and access_log.isEnabledFor(logging.INFO):
             record = {
-                "request_id": state.get("request_id"),
+                "request_id": facts.request_id,
                 "method": scope["method"],
                 "path": path,
                 "status": status,
                 "duration_ms": round(elapsed * 1000, 3),
-                "model": state.get("model"),
-                "backend": backend,
-                "stream": state.get("stream"),
-                "prompt_tokens": state.get("prompt_tokens"),
-                "completion_tokens": state.get("completion_tokens"),
-                "fallback": state.get("fallback"),
+                "model": facts.model,
+                "backend": facts.backend,
+                "replica": facts.replica,
+                "stream": facts.stream,
+                "prompt_tokens": facts.prompt_tokens,
+                "completion_tokens": facts.completion_tokens,
+                "fallback": facts.fallback,
                 "client": (scope.get("client") or ("", 0))[0],
             }
             access_log.info(orjson.dumps({k: v for k, v in record.items() if v is not None}).decode())

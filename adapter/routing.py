@@ -1,7 +1,10 @@
-"""Which backend serves a model: catalog + discovery -> (backend, upstream model id).
+"""Where a request goes: model name (+ images, + backend health) -> Route. The only place that decides.
 
-Discovery results are cached for ADAPTER_MODELS_TTL seconds, so a chat request costs no upstream
-listing call; a miss on a stale cache refreshes once (a model vLLM started serving a moment ago).
+Names resolve through the catalog, MODEL_ALIASES, then discovery (vLLM's /v1/models, Ollama Vision's
+/api/tags). Discovery results are cached for ADAPTER_MODELS_TTL seconds, so a chat request costs no
+upstream listing call; a miss on a stale cache refreshes once (a model vLLM started serving a moment
+ago). Requests with images go to Ollama Vision unless the vLLM model can see; in chat mode a model
+whose vLLM is down answers through its catalog fallback on Ollama Vision.
 """
 
 from __future__ import annotations
@@ -9,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from adapter.catalog import Catalog, ModelEntry, normalize_name
 from adapter.errors import ModelNotFound, OllamaError
-from adapter.translate.models import default_capabilities
+from adapter.health import HealthMonitor
+from adapter.translate.models import ListedName, default_capabilities, ollama_name
 from adapter.upstream import Upstream
+from vision.proxy import models_of
 
 log = logging.getLogger("adapter.routing")
 
@@ -26,15 +30,20 @@ Backend = Literal["vllm", "ollama"]
 @dataclass(frozen=True, slots=True)
 class Route:
     backend: Backend
-    upstream_model: str  # the id the backend knows
+    upstream_model: str  # the id the backend knows (for Ollama Vision: the name as the client wrote it)
     entry: ModelEntry | None = None  # catalog entry, when the catalog names the model
     context_length: int | None = None
+    fallback: bool = False  # an Ollama Vision model answers in place of an unavailable vLLM one
 
     @property
     def capabilities(self) -> tuple[str, ...]:
         if self.entry is not None and self.entry.capabilities is not None:
-            return self.entry.capabilities
-        return tuple(default_capabilities(self.upstream_model)) if self.backend == "vllm" else ()
+            caps = self.entry.capabilities
+        else:
+            caps = tuple(default_capabilities(self.upstream_model)) if self.backend == "vllm" else ()
+        if self.entry is not None and self.entry.fim and "insert" not in caps:
+            caps = (*caps, "insert")
+        return caps
 
     @property
     def request_defaults(self) -> dict[str, Any]:
@@ -45,95 +54,91 @@ class Route:
         return self.entry is not None and self.entry.strict_tools
 
 
-@dataclass(frozen=True, slots=True)
-class ListedName:
-    """A name a client can use for a vLLM model, as /api/tags, /api/ps and /v1/models list it."""
-
-    key: str  # normalize_name(name)
-    name: str
-    upstream_id: str
-    family: str | None
-    context_length: int | None
-
-
 @dataclass(slots=True)
-class _Listing:
+class Listing:
     """One backend's discovered models and when we asked."""
 
     models: list[dict[str, Any]] = field(default_factory=list)
     fetched_at: float = 0.0  # monotonic; 0 = never
     ok: bool = False
     error: str = ""
+    by_key: dict[str, dict[str, Any]] = field(default_factory=dict)  # lookup key -> model
+
+    @classmethod
+    def of(cls, models: list[dict[str, Any]], fields: tuple[str, ...], fetched_at: float) -> Listing:
+        by_key: dict[str, dict[str, Any]] = {}
+        for model in models:
+            for f in fields:
+                value = model.get(f)
+                if isinstance(value, str):
+                    by_key.setdefault(normalize_name(value), model)
+        return cls(models, fetched_at, True, "", by_key)
 
 
-def local_rfc3339(epoch: float) -> str:
-    """Ollama's modified_at: local time with offset."""
-    return datetime.fromtimestamp(epoch).astimezone().isoformat()
-
-
-class ModelRegistry:
+class Router:
     def __init__(
         self,
         vllm: Upstream,
-        vision: Upstream | None,
+        vision: Upstream,
+        monitor: HealthMonitor,
         *,
         aliases: dict[str, str] | None = None,
         catalog: Catalog | None = None,
         ttl: float = 10.0,
+        mode: str = "chat",
+        fallback_after: float = 10.0,
     ) -> None:
         self.vllm = vllm
         self.vision = vision
+        self.monitor = monitor
         self.aliases = {normalize_name(k): v for k, v in (aliases or {}).items()}
         self.alias_names = dict(aliases or {})
         self.catalog = catalog or Catalog()
         self.ttl = ttl
+        self.mode = mode
+        self.fallback_after = max(fallback_after, 1e-9)
         self._entries: dict[str, ModelEntry] = {}
         for entry in self.catalog.models:
             for name in (entry.name, *entry.aliases):
                 self._entries[normalize_name(name)] = entry
-        self._listings: dict[Backend, _Listing] = {"vllm": _Listing(), "ollama": _Listing()}
+        self._listings: dict[Backend, Listing] = {"vllm": Listing(), "ollama": Listing()}
         self._locks: dict[Backend, asyncio.Lock] = {"vllm": asyncio.Lock(), "ollama": asyncio.Lock()}
         self._first_seen: dict[str, float] = {}
         self._warned_clashes: set[str] = set()
 
     # ---- discovery -------------------------------------------------------------------------
 
-    async def listing(self, backend: Backend, *, max_age: float | None = None) -> _Listing:
+    async def listing(self, backend: Backend, *, max_age: float | None = None) -> Listing:
         """The backend's model list, refreshed when older than `max_age` (default: the TTL)."""
         listing = self._listings[backend]
         max_age = self.ttl if max_age is None else max_age
         if listing.fetched_at and time.monotonic() - listing.fetched_at < max_age:
             return listing
-        lock = self._locks[backend]
-        async with lock:  # one refresh at a time; waiters reuse its result
+        async with self._locks[backend]:  # one refresh at a time; waiters reuse its result
             listing = self._listings[backend]
             if listing.fetched_at and time.monotonic() - listing.fetched_at < max_age:
                 return listing
             self._listings[backend] = listing = await self._fetch(backend, listing)
         return listing
 
-    async def _fetch(self, backend: Backend, previous: _Listing) -> _Listing:
+    async def _fetch(self, backend: Backend, previous: Listing) -> Listing:
         upstream = self.vllm if backend == "vllm" else self.vision
-        if upstream is None:
-            return _Listing(fetched_at=time.monotonic(), ok=False, error="not configured")
         try:
             if backend == "vllm":
                 data = await upstream.get_json("/v1/models")
-                models = [m for m in (data.get("data") or []) if isinstance(m, dict) and m.get("id")]
+                cards = data.get("data") if isinstance(data, dict) else None
+                models = [m for m in cards or () if isinstance(m, dict) and isinstance(m.get("id"), str)]
             else:
-                data = await upstream.get_json("/api/tags")
-                models = [
-                    m for m in (data.get("models") or []) if isinstance(m, dict) and (m.get("model") or m.get("name"))
-                ]
-        except (OllamaError, AttributeError) as exc:
-            message = exc.message if isinstance(exc, OllamaError) else "unexpected model list shape"
-            log.warning("could not list models of %s: %s", upstream.name, message)
+                models = models_of(await upstream.get_json("/api/tags"))
+        except OllamaError as exc:
+            log.warning("could not list models of %s: %s", upstream.name, exc.message)
             # Keep what we knew (stale beats nothing), but remember the failure and retry soon.
-            return _Listing(previous.models, time.monotonic() - max(self.ttl - 1.0, 0), False, message)
+            stale = time.monotonic() - max(self.ttl - 1.0, 0)
+            return Listing(previous.models, stale, False, exc.message, previous.by_key)
         now = time.time()
         for m in models:
-            self._first_seen.setdefault(f"{backend}:{m.get('id') or m.get('model') or m.get('name')}", now)
-        return _Listing(models, time.monotonic(), True, "")
+            self._first_seen.setdefault(f"{backend}:{m.get('id') or ollama_name(m)}", now)
+        return Listing.of(models, ("id",) if backend == "vllm" else ("model", "name"), time.monotonic())
 
     def vllm_names(self, cards: list[dict[str, Any]]) -> list[ListedName]:
         """Every name that reaches vLLM (catalog entries and their aliases, MODEL_ALIASES, then
@@ -141,36 +146,37 @@ class ModelRegistry:
         context = {card["id"]: card.get("max_model_len") for card in cards}
         out: dict[str, ListedName] = {}
 
-        def add(name: str, upstream_id: str, family: str | None = None, context_length: int | None = None) -> None:
+        def add(name: str, upstream_id: str, entry: ModelEntry | None) -> None:
             key = normalize_name(name)
             if key not in out:
-                out[key] = ListedName(key, name, upstream_id, family, context_length or context.get(upstream_id))
+                route = Route("vllm", upstream_id, entry)
+                length = (entry.context_length if entry else None) or context.get(upstream_id)
+                family = entry.family if entry else None
+                out[key] = ListedName(key, name, upstream_id, family, length, route.capabilities)
 
         for entry in self.catalog.models:
             if entry.backend == "vllm":
                 for name in (entry.name, *entry.aliases):
-                    add(name, entry.upstream_id, entry.family, entry.context_length)
+                    add(name, entry.upstream_id, entry)
         for alias, target in self.alias_names.items():
-            add(alias, target)
+            add(alias, target, self._entries.get(normalize_name(target)))
         if self.catalog.discover:
             for upstream_id in sorted(context):
-                add(upstream_id, upstream_id)
+                add(upstream_id, upstream_id, None)
         return list(out.values())
+
+    def ollama_entries(self) -> list[tuple[tuple[str, ...], str]]:
+        """The catalog's Ollama Vision models: (names, upstream id)."""
+        return [((e.name, *e.aliases), e.upstream_id) for e in self.catalog.models if e.backend == "ollama"]
 
     def first_seen(self, backend: Backend, upstream_id: str) -> float:
         return self._first_seen.setdefault(f"{backend}:{upstream_id}", time.time())
 
-    async def vllm_card(self, upstream_id: str) -> dict[str, Any] | None:
-        for card in (await self.listing("vllm")).models:
-            if card["id"] == upstream_id:
-                return card
-        return None
-
     # ---- resolution ------------------------------------------------------------------------
 
     async def resolve(self, name: str) -> Route:
-        """Model name as a client sends it -> Route. Raises ModelNotFound, or UpstreamUnavailable
-        when no backend could be asked and nothing is known."""
+        """Model name as a client sends it -> where it lives. Raises ModelNotFound, or a 502 when
+        vLLM could not be asked and nothing is known."""
         key = normalize_name(name)
         entry = self._entries.get(key)
         if entry is not None:
@@ -192,42 +198,52 @@ class ModelRegistry:
         key = normalize_name(wanted)
         for max_age in (None, 1.0):  # cached first; on a miss, refresh if older than a second
             vllm = await self.listing("vllm", max_age=max_age)
-            card = _match(vllm.models, key, ("id",))
+            card = vllm.by_key.get(key)
             if card is not None:
                 # A vLLM model never waits for Ollama Vision: the clash check uses what is cached.
-                ollama = _match(self._listings["ollama"].models, key, ("model", "name"))
-                if ollama is not None and key not in self._warned_clashes:
-                    self._warned_clashes.add(key)
-                    log.warning(
-                        "model %r is served by both vLLM and Ollama Vision; vLLM answers it "
-                        "(name the model in ADAPTER_MODELS_FILE to choose)",
-                        original,
-                    )
+                if key in self._listings["ollama"].by_key:
+                    self._warn_clash(key, original)
                 return Route("vllm", card["id"], None, card.get("max_model_len"))
-            ollama = None
-            if self.vision is not None:
-                ollama = _match((await self.listing("ollama", max_age=max_age)).models, key, ("model", "name"))
-            if ollama is not None:
-                return Route("ollama", ollama.get("model") or ollama["name"])
+            if key in (await self.listing("ollama", max_age=max_age)).by_key:
+                return Route("ollama", wanted)  # the name as given: Ollama Vision resolves it itself
             if not vllm.ok and max_age is not None:
                 # vLLM could not be asked: it may well serve this model, so say it is down rather
                 # than "not found" (which makes the `ollama` CLI try to pull).
                 raise OllamaError(502, vllm.error or f"{self.vllm.name} is unavailable")
         return None
 
+    def _warn_clash(self, key: str, name: str) -> None:
+        if key not in self._warned_clashes:
+            self._warned_clashes.add(key)
+            log.warning(
+                "model %r is served by both vLLM and Ollama Vision; vLLM answers it "
+                "(name the model in ADAPTER_MODELS_FILE to choose)",
+                name,
+            )
+
+    async def route(self, name: str, *, images: bool = False) -> Route:
+        """Where a generation request goes: images go to Ollama Vision unless the vLLM model can
+        see; a vLLM model down for ADAPTER_FALLBACK_AFTER answers through its fallback (chat mode)."""
+        route = await self.resolve(name)
+        if route.backend != "vllm":
+            return route
+        if images and "vision" not in route.capabilities:
+            return Route("ollama", name)
+        if self.monitor.unhealthy_for("vllm") >= self.fallback_after:
+            return self.fallback(route) or route
+        return route
+
+    def fallback(self, route: Route) -> Route | None:
+        """The fallback for a vLLM route whose backend cannot serve it now, if it has one: only in
+        chat mode, and only for models whose catalog entry names one."""
+        if self.mode != "chat" or route.backend != "vllm" or route.entry is None or not route.entry.fallback:
+            return None
+        return replace(Route("ollama", route.entry.fallback), fallback=True)
+
     async def context_length_of(self, route: Route) -> int | None:
         if route.context_length:
             return route.context_length
         if route.backend != "vllm":
             return None
-        card = await self.vllm_card(route.upstream_model)
+        card = (await self.listing("vllm")).by_key.get(normalize_name(route.upstream_model))
         return card.get("max_model_len") if card else None
-
-
-def _match(models: list[dict[str, Any]], key: str, fields: tuple[str, ...]) -> dict[str, Any] | None:
-    for model in models:
-        for f in fields:
-            value = model.get(f)
-            if isinstance(value, str) and normalize_name(value) == key:
-                return model
-    return None

@@ -13,7 +13,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
-from adapter.errors import BadRequest, OllamaError
+from adapter.errors import BadRequest, ClientGone, OllamaError
 
 StrictNumber = StrictInt | float
 
@@ -73,6 +73,40 @@ class GenerateRequest(_Common):
     raw: StrictBool | None = None
 
 
+class OpenAIChatRequest(_Strict):
+    model: StrictStr
+    messages: list[dict[str, Any]]
+    stream: StrictBool | None = None
+
+
+class OpenAICompletionRequest(_Strict):
+    model: StrictStr
+    prompt: StrictStr | list[Any]
+    stream: StrictBool | None = None
+
+
+class OpenAIEmbeddingRequest(_Strict):
+    model: StrictStr
+    input: StrictStr | list[Any]
+
+
+class AnthropicMessagesRequest(_Strict):
+    model: StrictStr
+    messages: list[dict[str, Any]]
+    stream: StrictBool | None = None
+
+
+class AnthropicCountTokensRequest(_Strict):
+    model: StrictStr
+    messages: list[dict[str, Any]]
+
+
+class ResponsesRequest(_Strict):
+    model: StrictStr
+    input: StrictStr | list[Any] | None = None
+    stream: StrictBool | None = None
+
+
 def describe(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err.get("loc", ()) if not str(p).startswith("function-after"))
@@ -83,22 +117,38 @@ def describe(exc: ValidationError) -> str:
     return f"invalid request: field {loc!r}: {msg}{more}" if loc else f"invalid request: {msg}{more}"
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The raw body, refusing more than max_bytes (413) without reading it all into memory first."""
+# Deeper than any real request; orjson (which re-encodes bodies for the upstream) stops at 254.
+MAX_JSON_DEPTH = 128
+
+
+def too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether JSON arrays and objects nest deeper than `limit` (iterative: no recursion limit)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if type(node) is dict else node:
+            if type(child) is dict or type(child) is list:
+                stack.append((child, depth + 1))
+    return False
+
+
+async def read_body(request: Request, max_bytes: int) -> bytearray:
+    """The raw body, refusing more than max_bytes (413) without reading it all into memory first.
+    One growing buffer, never a list of chunks plus their join: a large body is held once."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise OllamaError(413, f"request body too large (limit {max_bytes} bytes)")
-    chunks: list[bytes] = []
-    size = 0
+    body = bytearray()
     try:
         async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bytes:
+            if len(body) + len(chunk) > max_bytes:
                 raise OllamaError(413, f"request body too large (limit {max_bytes} bytes)")
-            chunks.append(chunk)
+            body += chunk
     except ClientDisconnect:
-        raise OllamaError(499, "request canceled") from None
-    return b"".join(chunks)
+        raise ClientGone() from None
+    return body
 
 
 async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
@@ -110,12 +160,15 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"invalid JSON in request body: {exc}") from None
+    del raw  # the parsed body is all that is kept
     if not isinstance(body, dict):
         raise BadRequest(f"invalid request body: expected a JSON object, got {type(body).__name__}")
+    if too_deep(body):
+        raise BadRequest(f"invalid JSON in request body: nested deeper than {MAX_JSON_DEPTH} levels")
     return body
 
 
-def validate(model: type[_Strict], body: dict[str, Any]) -> dict[str, Any]:
+def validate(model: type[BaseModel], body: dict[str, Any]) -> dict[str, Any]:
     """Check types; return the body as given (fields we do not model are kept untouched)."""
     try:
         model.model_validate(body)

@@ -1,6 +1,8 @@
-"""Upstream HTTP clients: one pooled aiohttp session per backend for the app's lifetime.
+"""Upstream HTTP clients: one pooled aiohttp session per upstream server (a vLLM replica, Ollama
+Vision) for the app's lifetime.
 
-This module knows HTTP, timeouts and error normalisation; it knows nothing of Ollama's fields.
+This module knows HTTP, timeouts, retries and error normalisation; it knows nothing of Ollama's
+fields.
 
 Why aiohttp and not httpx here: the per-chunk read is the gateway's hot path. Measured with bench/
 (bench/README.md), httpx costs ~15 µs of client CPU per streamed chunk (an anyio cancel scope and an
@@ -11,8 +13,10 @@ of open connections; at 256 streams the gateway on httpx delivered 0.41x the dir
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,25 +24,34 @@ import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
 
-from adapter.errors import UpstreamHTTPError, UpstreamTimeout, UpstreamUnavailable
+from adapter.errors import UpstreamFailed, UpstreamHTTPError, UpstreamTimeout, UpstreamUnavailable
 from adapter.limits import Limiter
 from adapter.translate.responses import error_message_of
 
 log = logging.getLogger("adapter.upstream")
 
-# Failures where the request cannot have reached the server's application: safe to send again once.
-# ServerDisconnectedError covers a pooled keep-alive connection the server closed while idle (vLLM's
-# keep-alive is 5 s).
-_RETRYABLE = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError)
-
 # What a broken or slow connection raises while a body is read.
 STREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+
+# An error body is read up to this size: enough for any message, bounded against a hostile upstream.
+MAX_ERROR_BODY = 64 * 1024
 
 BACKEND_DEFAULT: Any = object()
 
 
+def _closed_under_us(exc: BaseException) -> bool:
+    """The server closed or reset the connection before answering (FIN or RST)."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError):
+        return True
+    return isinstance(exc, aiohttp.ClientOSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE)
+
+
+async def _mark_reused(session: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any) -> None:
+    ctx.trace_request_ctx.reused = True
+
+
 class UpstreamResponse:
-    """The parts of a response the routes use: status, headers, the body as it arrives, close."""
+    """The parts of a response the gateway uses: status, headers, the body as it arrives, close."""
 
     __slots__ = ("_raw", "headers", "status_code")
 
@@ -54,6 +67,18 @@ class UpstreamResponse:
     async def aread(self) -> bytes:
         return await self._raw.read()
 
+    async def read_at_most(self, limit: int) -> bytes:
+        """Up to `limit` bytes of the body; the rest is never read (the connection is then closed)."""
+        chunks: list[bytes] = []
+        size = 0
+        while size < limit:
+            chunk = await self._raw.content.read(limit - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+
     async def drain(self, within: float) -> None:
         """Read what is left of a body we no longer need (the end of a chunked stream after
         [DONE]), so the connection can go back to the pool; give up after `within` seconds."""
@@ -64,7 +89,7 @@ class UpstreamResponse:
         except (*STREAM_ERRORS, ValueError):
             pass
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         """A fully read body gives the connection back to the pool; otherwise the connection is
         closed, which is how vLLM learns that nobody wants the rest (it aborts the request)."""
         if self._raw.content.at_eof():
@@ -74,7 +99,7 @@ class UpstreamResponse:
 
 
 class Upstream:
-    """One backend (vLLM or Ollama Vision) behind a pooled session. Create it inside the event loop."""
+    """One upstream server behind a pooled session. Create it inside the event loop."""
 
     def __init__(
         self,
@@ -100,6 +125,9 @@ class Upstream:
         headers = {"Accept-Encoding": "identity"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
+        # Tells a stale pooled connection (safe to retry) from a fresh one (the server got the request).
+        reuse = aiohttp.TraceConfig(trace_config_ctx_factory=SimpleNamespace)
+        reuse.on_connection_reuseconn.append(_mark_reused)
         self.session = aiohttp.ClientSession(
             headers=headers,
             connector=aiohttp.TCPConnector(
@@ -112,6 +140,7 @@ class Upstream:
             auto_decompress=False,
             trust_env=False,  # only the configured upstream is ever contacted, whatever the environment says
             raise_for_status=False,
+            trace_configs=[reuse],
         )
 
     async def aclose(self) -> None:
@@ -133,9 +162,14 @@ class Upstream:
     ) -> UpstreamResponse:
         """Send and return the response with its body unread (streamed).
 
-        `read_timeout` bounds each wait for data (the first byte included); unset: the backend's own.
-        Raises UpstreamUnavailable (could not connect), UpstreamTimeout, or UpstreamHTTPError for
-        status >= 400 (with the backend's own message), unless raise_for_status is False.
+        `read_timeout` bounds each wait for data (the first byte included); unset: the upstream's own.
+        A pooled connection that turns out to be closed or reset (the server dropped it while idle)
+        is retried once on a fresh one; a fresh connection that fails after the request was written
+        is not, because the server may be working on it.
+
+        Raises UpstreamUnavailable (could not connect: nothing was sent), UpstreamFailed (closed
+        without an answer), UpstreamTimeout, or UpstreamHTTPError for status >= 400 (with the
+        upstream's own message), unless raise_for_status is False.
         """
         timeout = self._timeout(self.read_timeout if read_timeout is BACKEND_DEFAULT else read_timeout)
         url = self.url + path
@@ -143,35 +177,40 @@ class Upstream:
         # Only a body we hold in memory can be sent twice.
         attempts = 2 if content is None else 1
         for attempt in range(attempts):
+            trace = SimpleNamespace(reused=False)
             try:
-                raw = await self.session.request(method, url, data=data, headers=headers, timeout=timeout)
+                raw = await self.session.request(
+                    method, url, data=data, headers=headers, timeout=timeout, trace_request_ctx=trace
+                )
                 break
-            except _RETRYABLE as exc:
-                if attempt + 1 < attempts:
-                    log.info("%s: %s before any byte was answered; retrying once", self.name, type(exc).__name__)
-                    await asyncio.sleep(0.05)
-                    continue
+            except aiohttp.ClientConnectorError as exc:
                 raise UpstreamUnavailable(self.name, f"cannot connect to {self.base_url} ({_describe(exc)})") from None
             except aiohttp.ConnectionTimeoutError:
                 raise UpstreamUnavailable(self.name, f"connect to {self.base_url} timed out") from None
             except TimeoutError:
                 raise UpstreamTimeout(self.name, "no response in time") from None
             except aiohttp.ClientError as exc:
-                raise UpstreamUnavailable(self.name, _describe(exc)) from None
+                if _closed_under_us(exc) and trace.reused and attempt + 1 < attempts:
+                    log.info("%s: a pooled connection was %s; retrying on a fresh one", self.name, _describe(exc))
+                    continue
+                raise UpstreamFailed(self.name, f"connection lost before any answer ({_describe(exc)})") from None
         response = UpstreamResponse(raw)
         if raise_for_status and response.status_code >= 400:
-            raise await self._error_from(response)
+            raise await self.error_from(response)
         return response
 
-    async def _error_from(self, response: UpstreamResponse) -> UpstreamHTTPError:
+    async def error_from(self, response: UpstreamResponse) -> UpstreamHTTPError:
+        """The error an upstream's error status stands for, with its message (read bounded)."""
         try:
-            raw = await response.aread()
+            raw = await response.read_at_most(MAX_ERROR_BODY)
         except STREAM_ERRORS:
             raw = b""
         finally:
-            await response.aclose()
+            response.close()
         status = response.status_code
-        return UpstreamHTTPError(self.name, status, upstream_error_message(self.name, status, raw))
+        return UpstreamHTTPError(
+            self.name, status, upstream_error_message(status, raw), retry_after=response.headers.get("Retry-After")
+        )
 
     async def post_json(
         self,
@@ -195,30 +234,30 @@ class Upstream:
     async def read_json(self, response: UpstreamResponse, what: str = "") -> Any:
         """The whole body of a response from `send`, parsed."""
         try:
-            raw = await response.aread()
-        except TimeoutError:
-            raise UpstreamTimeout(self.name, "response took too long") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(self.name, f"connection lost ({_describe(exc)})") from None
+            raw = await self.read_body(response)
         finally:
-            await response.aclose()
+            response.close()
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
             where = f" {what}" if what else ""
-            raise UpstreamHTTPError(
-                self.name, 502, f"{self.name} answered{where} with something that is not JSON"
-            ) from None
+            raise UpstreamFailed(self.name, f"it answered{where} with something that is not JSON") from None
+
+    async def read_body(self, response: UpstreamResponse) -> bytes:
+        try:
+            return await response.aread()
+        except TimeoutError:
+            raise UpstreamTimeout(self.name, "response took too long") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamFailed(self.name, f"connection lost ({_describe(exc)})") from None
 
 
-def upstream_error_message(name: str, status: int, raw: bytes) -> str:
+def upstream_error_message(status: int, raw: bytes) -> str:
     try:
         message = error_message_of(orjson.loads(raw))
     except orjson.JSONDecodeError:
-        message = raw.decode("utf-8", "replace").strip()[:500] or f"HTTP {status}"
-    if status >= 500 or status in (401, 403):
-        return f"{name} error ({status}): {message}"
-    return message
+        message = raw.decode("utf-8", "replace").strip()
+    return message or f"HTTP {status}"
 
 
 def safe_url(url: str) -> str:
@@ -239,41 +278,60 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-async def iter_sse_batches(response: UpstreamResponse) -> AsyncIterator[list[dict[str, Any]]]:
-    """Parse an OpenAI-style SSE body into JSON objects, one list per network read (the events
-    that arrived together, so the caller can answer them with one write), up to `data: [DONE]`.
+class SSEEvents:
+    """An OpenAI-style SSE body as JSON objects, one list per network read (the events that arrived
+    together, so the caller can answer them with one write), up to `data: [DONE]`.
 
     Works on bytes (no per-line decoding): only `data:` lines matter; comments, `event:` and blank
     lines are skipped. After [DONE] the body is read to its end, so the connection can be reused.
+    `done` tells afterwards whether [DONE] came: a body that just stops was cut off.
     """
-    buffer = b""
-    done = False
-    async for raw in response.aiter_raw():
-        buffer = buffer + raw if buffer else raw
-        if b"\n" not in raw:
-            continue
-        *lines, buffer = buffer.split(b"\n")
-        events = []
-        for line in lines:
-            if not line.startswith(b"data:"):
+
+    __slots__ = ("backend", "done", "response")
+
+    def __init__(self, response: UpstreamResponse, backend: str) -> None:
+        self.response = response
+        self.backend = backend
+        self.done = False
+
+    def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]:
+        return self._batches()
+
+    def _malformed(self, payload: bytes) -> UpstreamFailed:
+        return UpstreamFailed(self.backend, f"malformed stream event {payload[:200]!r}")
+
+    async def _batches(self) -> AsyncIterator[list[dict[str, Any]]]:
+        buffer = b""
+        async for raw in self.response.aiter_raw():
+            buffer = buffer + raw if buffer else raw
+            if b"\n" not in raw:
                 continue
+            *lines, buffer = buffer.split(b"\n")
+            events = []
+            for line in lines:
+                if not line.startswith(b"data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    self.done = True
+                    break
+                if payload:
+                    try:
+                        events.append(orjson.loads(payload))
+                    except orjson.JSONDecodeError:
+                        raise self._malformed(payload) from None
+            if events:
+                yield events
+            if self.done:
+                await self.response.drain(0.1)
+                return
+        line = buffer.strip()
+        if line.startswith(b"data:"):
             payload = line[5:].strip()
             if payload == b"[DONE]":
-                done = True
-                break
-            if payload:
+                self.done = True
+            elif payload:
                 try:
-                    events.append(orjson.loads(payload))
+                    yield [orjson.loads(payload)]
                 except orjson.JSONDecodeError:
-                    raise ValueError(f"malformed event from upstream: {payload[:200]!r}") from None
-        if events:
-            yield events
-        if done:
-            await response.drain(0.1)
-            return
-    line = buffer.strip()
-    if line.startswith(b"data:") and line[5:].strip() not in (b"", b"[DONE]"):
-        try:
-            yield [orjson.loads(line[5:].strip())]
-        except orjson.JSONDecodeError:
-            raise ValueError(f"malformed event from upstream: {line[:200]!r}") from None
+                    raise self._malformed(payload) from None

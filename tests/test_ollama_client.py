@@ -37,10 +37,14 @@ def test_chat_non_streaming(client: ollama.Client, vllm: VLLMStandin) -> None:
     assert resp.eval_count == 4
     assert resp.prompt_eval_count == 5
     assert resp.total_duration > 0 and resp.eval_duration > 0
+    # Ollama always sends prompt_eval_duration; scripts compute prompt tokens/s from it.
+    assert resp.prompt_eval_duration is not None and resp.prompt_eval_duration > 0
+    assert resp.total_duration >= resp.load_duration + resp.prompt_eval_duration + resp.eval_duration
     sent = vllm.requests[-1]["body"]
     assert sent["model"] == "tiny"
-    assert sent["stream"] is False
-    assert "stream_options" not in sent
+    # vLLM is always asked for a stream: the gateway folds it into one answer.
+    assert sent["stream"] is True
+    assert sent["stream_options"] == {"include_usage": True}
     assert "tools" not in sent  # the client sends "tools": [], which vLLM 0.32 rejects
 
 

@@ -1,7 +1,9 @@
-"""OpenAI-compatible endpoints on the gateway, as Ollama offers them (/v1/...).
+"""OpenAI- and Anthropic-style endpoints on the gateway, as Ollama offers them (/v1/...).
 
-Text models go straight to vLLM, SSE streamed through unchanged (no translation: the fastest path);
-embeddings and vision models go to Ollama Vision's own /v1 endpoints. Errors are OpenAI-shaped.
+vLLM serves them natively, so text models go straight to vLLM and the answer (JSON or SSE) comes
+back untouched: no translation, the fastest path. Embeddings (unless a vLLM model embeds) and image
+requests for models that cannot see go to Ollama Vision's own /v1 endpoints. Errors are in each
+API's own shape: OpenAI's for chat, completions, embeddings and responses, Anthropic's for messages.
 """
 
 from __future__ import annotations
@@ -11,104 +13,89 @@ import time
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from adapter.catalog import normalize_name
-from adapter.errors import BadRequest, ModelNotFound, OllamaError
+from adapter.context import facts_of
+from adapter.errors import Dialect, ModelNotFound, OllamaError, response_for
 from adapter.gateway import Gateway
-from adapter.routing import Route
-from adapter.schemas import read_json_object
-from vision.proxy import forward
-
-OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}
-
-
-def openai_error(status: int, message: str) -> Response:
-    body = {
-        "error": {"message": message, "type": OPENAI_ERROR_TYPES.get(status, "api_error"), "param": None, "code": None}
-    }
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
-
-
-def _has_images(body: dict[str, Any]) -> bool:
-    for message in body.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") == "image_url" for p in content):
-            return True
-    return False
+from adapter.relay import Relay, relay
+from adapter.schemas import (
+    AnthropicCountTokensRequest,
+    AnthropicMessagesRequest,
+    OpenAIChatRequest,
+    OpenAICompletionRequest,
+    OpenAIEmbeddingRequest,
+    ResponsesRequest,
+    read_json_object,
+    validate,
+)
+from adapter.translate.models import openai_models_listing
+from adapter.translate.requests import openai_request_has_images
 
 
-async def _resolve(gw: Gateway, body: dict[str, Any]) -> tuple[str, Route]:
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise BadRequest("model is required")
-    try:
-        return model, await gw.registry.resolve(model)
-    except ModelNotFound:
-        raise OllamaError(404, f"model '{model}' not found") from None
-
-
-async def _forward_openai(gw: Gateway, path: str, body: dict[str, Any], route: Route) -> Response:
-    upstream = gw.vllm
-    if route.backend == "ollama" or (
-        route.backend == "vllm"
-        and path != "/v1/embeddings"
-        and _has_images(body)
-        and "vision" not in route.capabilities
-    ):
-        if gw.vision is None:
-            raise OllamaError(503, "Ollama Vision is not configured")
-        upstream = gw.vision
-    elif path == "/v1/embeddings" and "embedding" not in route.capabilities:
-        if gw.vision is None:
-            raise OllamaError(503, "Ollama Vision is not configured")
-        upstream = gw.vision
-    if body.get("model") != route.upstream_model:
-        body = {**body, "model": route.upstream_model}
-    if upstream is gw.vllm and body.get("tools") == []:
-        body = {k: v for k, v in body.items() if k != "tools"}  # vLLM 0.32 rejects an empty list
-    return await forward(upstream, "POST", path, json_body=body)
-
-
-async def _proxy(request: Request, path: str) -> Response:
+async def _call(request: Request, path: str, schema: type[BaseModel], dialect: Dialect) -> Response:
     gw: Gateway = request.app.state.gateway
+    facts = facts_of(request)
     try:
-        body = await read_json_object(request, gw.settings.adapter_max_body_bytes)
-        model, route = await _resolve(gw, body)
-        request.state.model = model
-        request.state.backend = route.backend
-        return await _forward_openai(gw, path, body, route)
+        body = validate(schema, await read_json_object(request, gw.settings.adapter_max_body_bytes))
+        model: str = body["model"]
+        stream = body.get("stream") is True
+        facts.model, facts.stream = model, stream
+        try:
+            route = await gw.router.route(model, images=openai_request_has_images(body))
+        except ModelNotFound:
+            raise OllamaError(404, f"model '{model}' not found") from None
+        to_vision = route.backend == "ollama" or (path == "/v1/embeddings" and "embedding" not in route.capabilities)
+        if to_vision:
+            facts.backend, facts.model_label = "ollama", route.upstream_model
+            if route.backend == "ollama" and body["model"] != route.upstream_model:
+                body = {**body, "model": route.upstream_model}
+            how = Relay(gw.vision, gw.vision_timeouts, gw.metrics, dialect)
+        else:
+            facts.backend, facts.model_label = route.backend, route.upstream_model
+            body = {**body, "model": route.upstream_model}
+            if body.get("tools") == []:
+                del body["tools"]  # vLLM 0.32 rejects an empty list
+            how = Relay(gw.vllm, gw.timeouts, gw.metrics, dialect)
+        return await relay(request, how, "POST", path, orjson.dumps(body), stream=stream)
     except OllamaError as exc:
-        return openai_error(exc.status, exc.message)
+        return response_for(exc, dialect)
 
 
 async def chat_completions(request: Request) -> Response:
-    return await _proxy(request, "/v1/chat/completions")
+    return await _call(request, "/v1/chat/completions", OpenAIChatRequest, "openai")
 
 
 async def completions(request: Request) -> Response:
-    return await _proxy(request, "/v1/completions")
+    return await _call(request, "/v1/completions", OpenAICompletionRequest, "openai")
 
 
 async def embeddings(request: Request) -> Response:
-    return await _proxy(request, "/v1/embeddings")
+    return await _call(request, "/v1/embeddings", OpenAIEmbeddingRequest, "openai")
+
+
+async def responses(request: Request) -> Response:
+    """The OpenAI Responses API (Codex-style tools), which vLLM serves natively."""
+    return await _call(request, "/v1/responses", ResponsesRequest, "openai")
+
+
+async def messages(request: Request) -> Response:
+    """The Anthropic Messages API (Claude Code), which vLLM serves natively."""
+    return await _call(request, "/v1/messages", AnthropicMessagesRequest, "anthropic")
+
+
+async def count_tokens(request: Request) -> Response:
+    """Claude Code asks this before a turn; vLLM counts with the model's own template."""
+    return await _call(request, "/v1/messages/count_tokens", AnthropicCountTokensRequest, "anthropic")
 
 
 async def list_models(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
-    registry = gw.registry
-    vllm_listing, ollama_listing = await asyncio.gather(registry.listing("vllm"), registry.listing("ollama"))
-    data: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for listed in registry.vllm_names(vllm_listing.models):
-        seen.add(listed.key)
-        created = int(registry.first_seen("vllm", listed.upstream_id))
-        data.append({"id": listed.name, "object": "model", "created": created, "owned_by": "vllm"})
-    for m in ollama_listing.models:
-        name = m.get("model") or m.get("name") or ""
-        if normalize_name(name) in seen:
-            continue
-        seen.add(normalize_name(name))
-        data.append({"id": name, "object": "model", "created": int(time.time()), "owned_by": "library"})
+    router = gw.router
+    vllm_listing, ollama_listing = await asyncio.gather(router.listing("vllm"), router.listing("ollama"))
+    names = router.vllm_names(vllm_listing.models)
+    created = {n.upstream_id: int(router.first_seen("vllm", n.upstream_id)) for n in names}
+    data: list[dict[str, Any]] = openai_models_listing(names, created, ollama_listing.models, int(time.time()))
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")

@@ -17,7 +17,7 @@ def health_report(gw: Gateway) -> tuple[int, dict[str, object]]:
     vllm_ok = states["vllm"].status == "healthy"
     vision_ok = states["ollama"].status == "healthy"
     can_fallback = (
-        gw.settings.adapter_mode == "chat" and vision_ok and any(e.fallback for e in gw.registry.catalog.models)
+        gw.settings.adapter_mode == "chat" and vision_ok and any(e.fallback for e in gw.router.catalog.models)
     )
     if vllm_ok and vision_ok:
         status = "ok"
@@ -29,8 +29,8 @@ def health_report(gw: Gateway) -> tuple[int, dict[str, object]]:
         "status": status,
         "mode": gw.settings.adapter_mode,
         "backends": {"vllm": states["vllm"].as_dict(), "ollama_vision": states["ollama"].as_dict()},
-        "inflight": {"vllm": gw.vllm.limiter.inflight, "ollama_vision": gw.vision.limiter.inflight if gw.vision else 0},
-        "queued": {"vllm": gw.vllm.limiter.queued, "ollama_vision": gw.vision.limiter.queued if gw.vision else 0},
+        "inflight": {"vllm": gw.vllm.limiter.inflight, "ollama_vision": gw.vision.limiter.inflight},
+        "queued": {"vllm": gw.vllm.limiter.queued, "ollama_vision": gw.vision.limiter.queued},
     }
     return (200 if status != "unavailable" else 503), body
 

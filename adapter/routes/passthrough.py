@@ -12,26 +12,22 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from adapter.context import facts_of
 from adapter.errors import BadRequest, ModelNotFound, OllamaError
 from adapter.gateway import Gateway
+from adapter.relay import Relay, relay
 from adapter.routes.chat_generate import json_response
 from adapter.routing import Route
 from adapter.schemas import read_json_object
 from adapter.streaming import StreamResponse, ndjson_line
-from vision.proxy import forward
+from vision.proxy import request_body
 
 MANAGED_BY_VLLM = "model {name!r} is served by the vLLM deployment and managed there, not through the Ollama API"
 
 
-def _vision(gw: Gateway) -> Any:
-    if gw.vision is None:
-        raise OllamaError(503, "Ollama Vision is not configured")
-    return gw.vision
-
-
 async def _route_or_none(gw: Gateway, name: str) -> Route | None:
     try:
-        return await gw.registry.resolve(name)
+        return await gw.router.resolve(name)
     except ModelNotFound:
         return None
     except OllamaError:
@@ -46,27 +42,37 @@ def _name(body: dict[str, Any], *keys: str) -> str:
     raise BadRequest(f"{keys[0]} is required")
 
 
-async def _forward_body(gw: Gateway, path: str, body: dict[str, Any], route: Route | None) -> Response:
-    if route is not None and route.backend == "ollama" and body.get("model") not in (None, route.upstream_model):
-        body = {**body, "model": route.upstream_model}
-    return await forward(_vision(gw), "POST", path, json_body=body)
+async def _forward(
+    gw: Gateway, request: Request, method: str, path: str, body: dict[str, Any], route: Route | None
+) -> Response:
+    """To Ollama Vision, the model named as the client wrote it unless an alias or the catalog maps it."""
+    facts = facts_of(request)
+    facts.backend = "ollama"
+    mapped = route.upstream_model if route is not None and route.backend == "ollama" else None
+    facts.model_label = mapped or facts.model or "none"
+    how = Relay(gw.vision, gw.vision_timeouts, gw.metrics, "ollama")
+    return await relay(request, how, method, path, request_body(body, mapped), stream=body.get("stream") is not False)
+
+
+async def _read(request: Request, *keys: str) -> tuple[Gateway, dict[str, Any], str]:
+    gw: Gateway = request.app.state.gateway
+    body = await read_json_object(request, gw.settings.adapter_max_body_bytes)
+    name = _name(body, *keys)
+    facts_of(request).model = name
+    return gw, body, name
 
 
 async def embed(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
-    body = await read_json_object(request, gw.settings.adapter_max_body_bytes)
-    route = await _route_or_none(gw, _name(body, "model", "name"))
-    return await _forward_body(gw, "/api/embed", body, route)
+    gw, body, name = await _read(request, "model", "name")
+    return await _forward(gw, request, "POST", "/api/embed", body, await _route_or_none(gw, name))
 
 
 async def embeddings(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
-    body = await read_json_object(request, gw.settings.adapter_max_body_bytes)
-    route = await _route_or_none(gw, _name(body, "model", "name"))
-    return await _forward_body(gw, "/api/embeddings", body, route)
+    gw, body, name = await _read(request, "model", "name")
+    return await _forward(gw, request, "POST", "/api/embeddings", body, await _route_or_none(gw, name))
 
 
-async def _pull_progress(name: str) -> AsyncIterator[bytes]:
+async def _pull_progress() -> AsyncIterator[bytes]:
     yield ndjson_line({"status": "pulling manifest"})
     yield ndjson_line({"status": "verifying sha256 digest"})
     yield ndjson_line({"status": "writing manifest"})
@@ -74,66 +80,63 @@ async def _pull_progress(name: str) -> AsyncIterator[bytes]:
 
 
 async def pull(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
-    body = await read_json_object(request, gw.settings.adapter_max_body_bytes)
-    name = _name(body, "model", "name")
+    gw, body, name = await _read(request, "model", "name")
     route = await _route_or_none(gw, name)
     if route is not None and route.backend == "vllm":
+        facts_of(request).backend = "vllm"
         if body.get("stream") is False:
             return json_response({"status": "success"})
-        return StreamResponse(_pull_progress(name))
-    return await _forward_body(gw, "/api/pull", body, route)
+        return StreamResponse(_pull_progress())
+    return await _forward(gw, request, "POST", "/api/pull", body, route)
 
 
 async def push(request: Request) -> Response:
-    return await _managed(request, "/api/push", ("model", "name"))
+    return await _managed(request, "POST", "/api/push", ("model", "name"))
 
 
 async def create(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
-    body = await read_json_object(request, gw.settings.adapter_max_body_bytes)
-    name = _name(body, "model", "name")
+    gw, body, name = await _read(request, "model", "name")
     for candidate in (name, body.get("from")):
         if isinstance(candidate, str) and candidate:
             route = await _route_or_none(gw, candidate)
             if route is not None and route.backend == "vllm":
                 raise BadRequest(MANAGED_BY_VLLM.format(name=candidate))
-    return await forward(_vision(gw), "POST", "/api/create", json_body=body)
+    return await _forward(gw, request, "POST", "/api/create", body, None)
 
 
 async def copy(request: Request) -> Response:
-    return await _managed(request, "/api/copy", ("source",))
+    return await _managed(request, "POST", "/api/copy", ("source",))
 
 
 async def delete(request: Request) -> Response:
-    return await _managed(request, "/api/delete", ("model", "name"), method="DELETE")
+    return await _managed(request, "DELETE", "/api/delete", ("model", "name"))
 
 
-async def _managed(request: Request, path: str, keys: tuple[str, ...], method: str = "POST") -> Response:
-    gw: Gateway = request.app.state.gateway
-    body = await read_json_object(request, gw.settings.adapter_max_body_bytes)
-    name = _name(body, *keys)
+async def _managed(request: Request, method: str, path: str, keys: tuple[str, ...]) -> Response:
+    gw, body, name = await _read(request, *keys)
     route = await _route_or_none(gw, name)
     if route is not None and route.backend == "vllm":
         raise BadRequest(MANAGED_BY_VLLM.format(name=name))
-    return await forward(_vision(gw), method, path, json_body=body)
+    return await _forward(gw, request, method, path, body, None)
 
 
 async def blobs(request: Request) -> Response:
-    """HEAD/POST /api/blobs/sha256:<hex>: streamed both ways (blobs are model files, gigabytes)."""
+    """HEAD/POST /api/blobs/sha256:<hex>: the upload is streamed (blobs are model files, gigabytes)."""
     gw: Gateway = request.app.state.gateway
-    digest = request.path_params["digest"]
-    vision = _vision(gw)
-    path = f"/api/blobs/{digest}"
+    facts_of(request).backend = "ollama"
+    path = f"/api/blobs/{request.path_params['digest']}"
     if request.method == "HEAD":
-        return await forward(vision, "HEAD", path, content_type=None)
-    response = await vision.send(
-        "POST",
-        path,
-        content=request.stream(),
-        headers={"Content-Type": request.headers.get("content-type", "application/octet-stream")},
-        raise_for_status=False,
-    )
-    body = await response.aread()
-    await response.aclose()
+        response = await gw.vision.send("HEAD", path, raise_for_status=False)
+    else:
+        response = await gw.vision.send(
+            "POST",
+            path,
+            content=request.stream(),
+            headers={"Content-Type": request.headers.get("content-type", "application/octet-stream")},
+            raise_for_status=False,
+        )
+    try:
+        body = await gw.vision.read_body(response)
+    finally:
+        response.close()
     return Response(body, status_code=response.status_code, media_type=response.headers.get("content-type"))

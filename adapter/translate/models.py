@@ -6,7 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+from adapter.catalog import normalize_name
 
 # Substring of the lower-cased model id -> Ollama family / GGUF architecture name. First match wins.
 FAMILIES: tuple[tuple[str, str], ...] = (
@@ -49,6 +53,23 @@ QUANTIZATIONS: tuple[tuple[str, str, float], ...] = (
 THINKING_HINTS = ("qwen3", "qwq", "deepseek-r1", "r1-distill", "gpt-oss", "thinking", "magistral")
 
 _PARAMS = re.compile(r"(?<![a-z0-9.])((?:\d+x)?\d+(?:\.\d+)?)([bm])(?![a-z])", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class ListedName:
+    """A name a client can use for a vLLM model, as /api/tags, /api/ps and /v1/models list it."""
+
+    key: str  # the name's lookup key (listing_key)
+    name: str
+    upstream_id: str
+    family: str | None
+    context_length: int | None
+    capabilities: tuple[str, ...]
+
+
+def local_rfc3339(epoch: float) -> str:
+    """Ollama's modified_at and expires_at: local time with its offset."""
+    return datetime.fromtimestamp(epoch).astimezone().isoformat()
 
 
 def basename(model_id: str) -> str:
@@ -102,10 +123,11 @@ def basename_with_tag(name: str) -> str:
     return name.rstrip("/").rsplit("/", 1)[-1]
 
 
-def model_details(upstream_id: str, family: str | None = None) -> dict[str, Any]:
+def model_details(upstream_id: str, family: str | None = None, context_length: int | None = None) -> dict[str, Any]:
+    """ModelDetails in Ollama's key order; `context_length` (Ollama 0.30) goes last when known."""
     family = family or family_of(upstream_id)
     quantization, _ = quantization_of(upstream_id)
-    return {
+    details: dict[str, Any] = {
         "parent_model": "",
         "format": "safetensors",
         "family": family,
@@ -113,6 +135,9 @@ def model_details(upstream_id: str, family: str | None = None) -> dict[str, Any]
         "parameter_size": parameter_size_of(upstream_id),
         "quantization_level": quantization,
     }
+    if context_length:
+        details["context_length"] = context_length
+    return details
 
 
 def estimated_size(upstream_id: str) -> int:
@@ -120,16 +145,17 @@ def estimated_size(upstream_id: str) -> int:
     return int(_parameter_count(parameter_size_of(upstream_id)) * width)
 
 
-def tags_entry(name: str, upstream_id: str, modified_at: str, family: str | None = None) -> dict[str, Any]:
-    """One /api/tags item for a vLLM-served model."""
-    listed = tag_name(name)
+def tags_entry(listed: ListedName, modified_at: str) -> dict[str, Any]:
+    """One /api/tags item for a vLLM-served model (with Ollama 0.30's `capabilities`)."""
+    name = tag_name(listed.name)
     return {
-        "name": listed,
-        "model": listed,
+        "name": name,
+        "model": name,
         "modified_at": modified_at,
-        "size": estimated_size(upstream_id),
-        "digest": digest_of("vllm", upstream_id),
-        "details": model_details(upstream_id, family),
+        "size": estimated_size(listed.upstream_id),
+        "digest": digest_of("vllm", listed.upstream_id),
+        "details": model_details(listed.upstream_id, listed.family, listed.context_length),
+        "capabilities": list(listed.capabilities),
     }
 
 
@@ -151,6 +177,15 @@ def parameters_text(context_length: int | None, stop: list[str] | None = None) -
     return "\n".join(lines)
 
 
+def fim_template(begin: str, hole: str, end: str) -> str:
+    """A Go-template text for /api/show that mentions `.Suffix`: Continue turns fill-in-the-middle on
+    when it sees it."""
+    return (
+        f"{{{{- if .Suffix }}}}{begin}{{{{ .Prompt }}}}{hole}{{{{ .Suffix }}}}{end}"
+        "{{- else }}{{ .Prompt }}{{- end }}"
+    )
+
+
 def show_response(
     upstream_id: str,
     modified_at: str,
@@ -161,7 +196,7 @@ def show_response(
     template: str | None = None,
 ) -> dict[str, Any]:
     """/api/show for a vLLM-served model. `model_info` is always present (clients crash on null)."""
-    details = model_details(upstream_id, family)
+    details = model_details(upstream_id, family, context_length)
     arch = details["family"]
     model_info: dict[str, Any] = {
         "general.architecture": arch,
@@ -188,19 +223,83 @@ def show_response(
     return body
 
 
-def ps_entry(
-    name: str, upstream_id: str, expires_at: str, context_length: int | None, family: str | None = None
-) -> dict[str, Any]:
-    """/api/ps item: vLLM keeps its model loaded for as long as it runs."""
-    listed = tag_name(name)
-    size = estimated_size(upstream_id)
+def ps_entry(listed: ListedName, expires_at: str) -> dict[str, Any]:
+    """/api/ps item: vLLM keeps its model loaded for as long as it runs. As in Ollama, `details`
+    has no context length here: the top-level `context_length` is the loaded one."""
+    name = tag_name(listed.name)
+    size = estimated_size(listed.upstream_id)
     return {
-        "name": listed,
-        "model": listed,
+        "name": name,
+        "model": name,
         "size": size,
-        "digest": digest_of("vllm", upstream_id),
-        "details": model_details(upstream_id, family),
+        "digest": digest_of("vllm", listed.upstream_id),
+        "details": model_details(listed.upstream_id, listed.family),
         "expires_at": expires_at,
         "size_vram": size,
-        "context_length": context_length or 0,
+        "context_length": listed.context_length or 0,
     }
+
+
+# ---- one model list across backends ------------------------------------------------------------
+# vLLM's names come first and own their name; Ollama Vision's models follow unless a vLLM name (or
+# the catalog) already took theirs. A name is compared the way Ollama looks names up.
+
+
+def ollama_name(model: dict[str, Any]) -> str:
+    return str(model.get("model") or model.get("name") or "")
+
+
+def tags_listing(
+    vllm_names: list[ListedName],
+    modified: dict[str, str],
+    ollama_models: list[dict[str, Any]],
+    ollama_entries: list[tuple[tuple[str, ...], str]],
+    discover: bool,
+) -> list[dict[str, Any]]:
+    """/api/tags `models`. `modified`: upstream id -> modified_at; `ollama_entries`: the catalog's
+    Ollama Vision models as (names, upstream id), listed only when Ollama Vision has the model."""
+    models = [tags_entry(listed, modified[listed.upstream_id]) for listed in vllm_names]
+    seen = {listed.key for listed in vllm_names}
+    by_key = {normalize_name(ollama_name(m)): m for m in ollama_models}
+    for names, upstream_id in ollama_entries:
+        source = by_key.get(normalize_name(upstream_id))
+        if source is None:
+            continue  # not pulled (or Ollama Vision down): listing it would invite a failing chat
+        for name in names:
+            if normalize_name(name) not in seen:
+                seen.add(normalize_name(name))
+                models.append({**source, "name": tag_name(name), "model": tag_name(name)})
+    if discover:
+        for key, source in by_key.items():
+            if key not in seen:
+                seen.add(key)
+                models.append(source)
+    return models
+
+
+def ps_listing(
+    vllm_names: list[ListedName], expires_at: str, ollama_running: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """/api/ps `models`: every vLLM name (loaded for as long as vLLM runs), then what Ollama Vision
+    has loaded under names vLLM does not own."""
+    models = [ps_entry(listed, expires_at) for listed in vllm_names]
+    seen = {listed.key for listed in vllm_names}
+    models.extend(m for m in ollama_running if normalize_name(ollama_name(m)) not in seen)
+    return models
+
+
+def openai_models_listing(
+    vllm_names: list[ListedName], created: dict[str, int], ollama_models: list[dict[str, Any]], now: int
+) -> list[dict[str, Any]]:
+    """/v1/models `data`, as Ollama's OpenAI layer lists models (`owned_by` says which backend)."""
+    data = [
+        {"id": listed.name, "object": "model", "created": created[listed.upstream_id], "owned_by": "vllm"}
+        for listed in vllm_names
+    ]
+    seen = {listed.key for listed in vllm_names}
+    for m in ollama_models:
+        name = ollama_name(m)
+        if normalize_name(name) not in seen:
+            seen.add(normalize_name(name))
+            data.append({"id": name, "object": "model", "created": now, "owned_by": "library"})
+    return data

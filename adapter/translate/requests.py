@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from typing import Any
 
 import orjson
@@ -161,14 +162,14 @@ def thinking_controls_for(think: Any) -> dict[str, Any]:
             controls["reasoning_effort"] = think
         return controls
     raise BadRequest(
-        f'invalid think value: {orjson.dumps(think).decode()} (must be "high", "medium", "low", true, or false)'
+        f'invalid think value: {orjson.dumps(think).decode()} (must be "max", "high", "medium", "low", true, or false)'
     )
 
 
-def _common(req: dict[str, Any], upstream_model: str, stream: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": upstream_model, "stream": stream}
-    if stream:
-        body["stream_options"] = {"include_usage": True}
+def _common(req: dict[str, Any], upstream_model: str) -> dict[str, Any]:
+    # Always a stream, with usage: a whole answer is the stream folded together by the gateway, so
+    # it has the same first-token timing (Ollama's prompt_eval_duration) as a streamed one.
+    body: dict[str, Any] = {"model": upstream_model, "stream": True, "stream_options": {"include_usage": True}}
     body.update(ollama_options_to_sampling(req.get("options")))
     if req.get("logprobs"):
         body["logprobs"] = True
@@ -197,11 +198,10 @@ def strict_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def ollama_chat_to_openai(
     req: dict[str, Any],
     upstream_model: str,
-    stream: bool,
     extra: dict[str, Any] | None = None,
     strict: bool = False,
 ) -> dict[str, Any]:
-    body = _common(req, upstream_model, stream)
+    body = _common(req, upstream_model)
     body["messages"] = ollama_messages_to_openai(req.get("messages") or [])
     if req.get("tools"):  # vLLM 0.32 rejects "tools": [] with a 400; the Python client always sends it.
         body["tools"] = strict_tools(req["tools"]) if strict else req["tools"]
@@ -217,7 +217,7 @@ def ollama_chat_to_openai(
 
 
 def ollama_generate_to_openai_chat(
-    req: dict[str, Any], upstream_model: str, stream: bool, extra: dict[str, Any] | None = None
+    req: dict[str, Any], upstream_model: str, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Templated generate: system + prompt as chat messages, so the model's chat template applies
     (Ollama applies the model's template too)."""
@@ -226,14 +226,14 @@ def ollama_generate_to_openai_chat(
         messages.append({"role": "system", "content": req["system"]})
     messages.append({"role": "user", "content": req.get("prompt") or "", "images": req.get("images")})
     chat_req = {**req, "messages": messages, "tools": None}
-    return ollama_chat_to_openai(chat_req, upstream_model, stream, extra)
+    return ollama_chat_to_openai(chat_req, upstream_model, extra)
 
 
 def ollama_generate_to_openai_completion(
-    req: dict[str, Any], upstream_model: str, stream: bool, prompt: str | None = None
+    req: dict[str, Any], upstream_model: str, prompt: str | None = None
 ) -> dict[str, Any]:
     """Raw generate (no template) -> /v1/completions. `prompt` overrides req["prompt"] (FIM)."""
-    body = _common(req, upstream_model, stream)
+    body = _common(req, upstream_model)
     body["prompt"] = req.get("prompt") or "" if prompt is None else prompt
     # vLLM's /v1/completions stops after 16 tokens unless told otherwise; Ollama has no such cap.
     body.setdefault("max_tokens", None)
@@ -249,3 +249,62 @@ def _without_tool_keys(extra: dict[str, Any] | None) -> dict[str, Any] | None:
     if not extra:
         return extra
     return {k: v for k, v in extra.items() if k not in ("tool_choice", "parallel_tool_calls")}
+
+
+# ---- images, whatever the API family ---------------------------------------------------------------
+# Which content parts carry an image: OpenAI chat (`image_url`), Anthropic Messages (`image`) and the
+# Responses API (`input_image`). Ollama's own requests carry `images` lists instead.
+IMAGE_PART_TYPES = frozenset(("image_url", "image", "input_image"))
+
+
+def ollama_messages_have_images(messages: list[dict[str, Any]]) -> bool:
+    return any(m.get("images") for m in messages)
+
+
+def _parts_have_images(content: Any) -> bool:
+    return isinstance(content, list) and any(
+        isinstance(part, dict) and part.get("type") in IMAGE_PART_TYPES for part in content
+    )
+
+
+def openai_request_has_images(body: dict[str, Any]) -> bool:
+    """An OpenAI chat, Anthropic Messages or Responses request with an image anywhere in its input."""
+    items = body.get("messages")
+    if items is None:
+        items = body.get("input")
+    if not isinstance(items, list):
+        return False
+    return any(
+        isinstance(item, dict) and (item.get("type") in IMAGE_PART_TYPES or _parts_have_images(item.get("content")))
+        for item in items
+    )
+
+
+# ---- history truncation (Ollama's `truncate`) -------------------------------------------------------
+
+
+def history_windows(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The shorter histories to try when the whole one does not fit, longest first, as Ollama
+    truncates: the oldest messages go first, system messages among them stay (moved to the front),
+    the last message always stays. A window never starts with a tool result whose call was dropped."""
+    windows = []
+    for start in range(1, len(messages)):
+        first = messages[start]
+        if first.get("role") == "tool" and start < len(messages) - 1:
+            continue
+        kept_system = [m for m in messages[:start] if m.get("role") == "system"]
+        windows.append(kept_system + messages[start:])
+    return windows
+
+
+_CONTEXT_LIMIT = re.compile(r"maximum (?:context|model) length (?:is|of) (\d+)")
+
+
+def context_overflow_limit(message: str) -> int | None:
+    """vLLM's 400 for a prompt longer than the model's context, and the limit it names; None for
+    any other error. (0.32: "This model's maximum context length is N tokens. However, your prompt
+    contains ..."; a prompt exactly at the limit: "... longer than the maximum model length of N".)"""
+    if "prompt" not in message:
+        return None
+    match = _CONTEXT_LIMIT.search(message)
+    return int(match.group(1)) if match else None

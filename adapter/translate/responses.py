@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from adapter.translate.tools import ToolCallAccumulator, ToolCallError, openai_tool_calls_to_ollama
+from adapter.errors import OllamaError
+from adapter.translate.tools import ToolCallAccumulator
 
 Target = Literal["chat", "generate"]
 
@@ -21,8 +22,11 @@ def done_reason_for(finish_reason: str | None) -> str:
     return DONE_REASONS.get(finish_reason or "stop", "stop")
 
 
-class UpstreamStreamError(Exception):
-    """vLLM sent an error event inside a 200 stream, or a stream Ollama clients cannot be given."""
+class UpstreamStreamError(OllamaError):
+    """vLLM sent an error event inside a 200 stream, or a chunk of a shape no vLLM sends."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(502, message)
 
 
 def error_message_of(payload: Any) -> str:
@@ -71,6 +75,16 @@ class Timing:
     end: int = 0
 
 
+METRIC_KEYS = (
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+)
+
+
 def final_metrics(timing: Timing, usage: dict[str, Any] | None) -> dict[str, int]:
     """Ollama's final-chunk statistics, in its key order. Counts from vLLM's usage; durations in ns."""
     end = timing.end or timing.start
@@ -89,15 +103,18 @@ def final_metrics(timing: Timing, usage: dict[str, Any] | None) -> dict[str, int
 
 
 def chat_logprobs_to_ollama(logprobs: Any) -> list[dict[str, Any]]:
-    if not isinstance(logprobs, dict):
+    """vLLM's chat `logprobs` -> Ollama's list; entries of another shape are left out."""
+    if type(logprobs) is not dict or type(logprobs.get("content")) is not list:
         return []
     out = []
-    for item in logprobs.get("content") or ():
+    for item in logprobs["content"]:
+        if type(item) is not dict:
+            continue
         entry: dict[str, Any] = {"token": item.get("token", ""), "logprob": item.get("logprob", 0.0)}
         if item.get("bytes") is not None:
             entry["bytes"] = item["bytes"]
         top = item.get("top_logprobs")
-        if top:
+        if top and type(top) is list:
             entry["top_logprobs"] = [
                 {
                     "token": t.get("token", ""),
@@ -105,24 +122,29 @@ def chat_logprobs_to_ollama(logprobs: Any) -> list[dict[str, Any]]:
                     **({"bytes": t["bytes"]} if t.get("bytes") else {}),
                 }
                 for t in top
+                if type(t) is dict
             ]
         out.append(entry)
     return out
 
 
 def completion_logprobs_to_ollama(logprobs: Any) -> list[dict[str, Any]]:
-    if not isinstance(logprobs, dict):
+    """vLLM's completions `logprobs` (parallel lists) -> Ollama's list."""
+    if type(logprobs) is not dict:
         return []
-    tokens = logprobs.get("tokens") or []
-    values = logprobs.get("token_logprobs") or []
-    tops = logprobs.get("top_logprobs") or []
+    tokens = logprobs.get("tokens")
+    values = logprobs.get("token_logprobs")
+    tops = logprobs.get("top_logprobs")
+    tokens = tokens if type(tokens) is list else []
+    values = values if type(values) is list else []
+    tops = tops if type(tops) is list else []
     out = []
     for i, token in enumerate(tokens):
         entry: dict[str, Any] = {
             "token": token,
             "logprob": values[i] if i < len(values) and values[i] is not None else 0.0,
         }
-        if i < len(tops) and tops[i]:
+        if i < len(tops) and type(tops[i]) is dict and tops[i]:
             entry["top_logprobs"] = [{"token": t, "logprob": lp} for t, lp in tops[i].items()]
         out.append(entry)
     return out
@@ -141,13 +163,27 @@ def _chunk(model: str, created_at: str, target: Target, text: str, thinking: str
     return chunk
 
 
+def _shape_error(what: str) -> UpstreamStreamError:
+    return UpstreamStreamError(f"vLLM sent a stream chunk of an unexpected shape ({what})")
+
+
+def _text(value: Any, what: str) -> str:
+    if value is None:
+        return ""
+    if type(value) is not str:
+        raise _shape_error(f"{what} is not a string")
+    return value
+
+
 class StreamTranslator:
     """vLLM stream chunks (chat or completions) -> Ollama chunks for /api/chat or /api/generate.
 
     State is what Ollama's final chunk needs: finish reason, usage, tool calls still being assembled.
+    The upstream's shape is checked where it is read, so a chunk no vLLM sends is the upstream's
+    fault (UpstreamStreamError), never an exception of the gateway's own.
     """
 
-    __slots__ = ("finish_reason", "logprobs", "model", "produced", "target", "tools", "usage")
+    __slots__ = ("finish_reason", "logprobs", "model", "target", "tools", "usage")
 
     def __init__(self, model: str, target: Target, logprobs: bool = False) -> None:
         self.model = model
@@ -156,29 +192,37 @@ class StreamTranslator:
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
         self.tools = ToolCallAccumulator()
-        self.produced = 0  # chunks that carried generated output
 
-    def feed(self, chunk: dict[str, Any], created_at: str) -> list[dict[str, Any]]:
+    def feed(self, chunk: Any, created_at: str) -> list[dict[str, Any]]:
         """One upstream chunk -> zero or more Ollama chunks (never the final one)."""
-        if "error" in chunk and not chunk.get("choices"):
-            raise UpstreamStreamError(error_message_of(chunk))
-        usage = chunk.get("usage")
-        if usage:
-            self.usage = usage
+        if type(chunk) is not dict:
+            raise _shape_error("not an object")
         choices = chunk.get("choices")
         if not choices:
+            if "error" in chunk:
+                raise UpstreamStreamError(error_message_of(chunk))
+            usage = chunk.get("usage")
+            if usage:
+                self._set_usage(usage)
             return []
+        if type(choices) is not list or type(choices[0]) is not dict:
+            raise _shape_error("choices")
+        usage = chunk.get("usage")
+        if usage:  # continuous_usage_stats puts it on every chunk
+            self._set_usage(usage)
         choice = choices[0]
         delta = choice.get("delta")
         if delta is not None:  # chat.completion.chunk
-            text = delta.get("content") or ""
-            thinking = delta.get("reasoning") or delta.get("reasoning_content")
+            if type(delta) is not dict:
+                raise _shape_error("delta")
+            text = _text(delta.get("content"), "content")
+            thinking = _text(delta.get("reasoning") or delta.get("reasoning_content"), "reasoning")
             tool_deltas = delta.get("tool_calls")
             if tool_deltas:
                 self.tools.add(tool_deltas)
         else:  # text_completion
-            text = choice.get("text") or ""
-            thinking = None
+            text = _text(choice.get("text"), "text")
+            thinking = ""
         out: list[dict[str, Any]] = []
         if text or thinking:
             ollama_chunk = _chunk(self.model, created_at, self.target, text, thinking)
@@ -190,28 +234,36 @@ class StreamTranslator:
             out.append(ollama_chunk)
         finish = choice.get("finish_reason")
         if finish:
-            self.finish_reason = finish
+            self.finish_reason = _text(finish, "finish_reason")
             if self.tools:
                 out.extend(self._flush_tools(created_at))
-        self.produced += len(out)
         return out
 
+    def _set_usage(self, usage: Any) -> None:
+        if type(usage) is not dict:
+            raise _shape_error("usage")
+        self.usage = usage
+
     def _flush_tools(self, created_at: str) -> list[dict[str, Any]]:
-        try:
-            calls, text = self.tools.flush(truncated=self.finish_reason == "length")
-        except ToolCallError as exc:
-            raise UpstreamStreamError(str(exc)) from None
+        """Each whole call in a line of its own, as Ollama's parsers emit them (clients such as
+        Haystack number calls by line); a call whose arguments do not parse stays text."""
+        calls, text = self.tools.flush(cut_off=self.finish_reason == "length")
         out = []
-        if calls:
+        for call in calls:
             chunk = _chunk(self.model, created_at, self.target, "", None)
             if self.target == "chat":
-                chunk["message"]["tool_calls"] = calls
+                chunk["message"]["tool_calls"] = [call]
             else:
-                chunk["tool_calls"] = calls
+                chunk["tool_calls"] = [call]
             out.append(chunk)
         if text:
             out.append(_chunk(self.model, created_at, self.target, text, None))
         return out
+
+    @property
+    def complete(self) -> bool:
+        """Whether the upstream said why it stopped: a stream without it was cut off."""
+        return self.finish_reason is not None
 
     def final(self, created_at: str, timing: Timing) -> list[dict[str, Any]]:
         """What ends the stream: any tool calls never flushed (no finish_reason seen), then the
@@ -221,6 +273,38 @@ class StreamTranslator:
         done.update(final_metrics(timing, self.usage))
         out.append(done)
         return out
+
+
+def whole_response(chunks: list[dict[str, Any]], final: dict[str, Any], target: Target) -> dict[str, Any]:
+    """A non-streamed answer: the stream's chunks folded into its final chunk, as Ollama collects
+    its own stream (text and thinking concatenated, tool calls and logprobs in order)."""
+    texts: list[str] = []
+    thinking: list[str] = []
+    calls: list[dict[str, Any]] = []
+    logprobs: list[dict[str, Any]] = []
+    for chunk in chunks:
+        part = chunk["message"] if target == "chat" else chunk
+        texts.append(part["content"] if target == "chat" else part["response"])
+        if "thinking" in part:
+            thinking.append(part["thinking"])
+        if "tool_calls" in part:
+            calls.extend(part["tool_calls"])
+        if "logprobs" in chunk:
+            logprobs.extend(chunk["logprobs"])
+    out = _chunk(final["model"], final["created_at"], target, "".join(texts), "".join(thinking))
+    if calls:
+        if target == "chat":
+            out["message"]["tool_calls"] = calls
+        else:
+            out["tool_calls"] = calls
+    out["done"] = True
+    out["done_reason"] = final["done_reason"]
+    if logprobs and target == "chat":
+        out["logprobs"] = logprobs  # ChatResponse puts logprobs before the metrics, GenerateResponse after
+    out.update((key, final[key]) for key in METRIC_KEYS)
+    if logprobs and target == "generate":
+        out["logprobs"] = logprobs
+    return out
 
 
 def final_chunk(model: str, created_at: str, target: Target, done_reason: str) -> dict[str, Any]:
@@ -238,55 +322,3 @@ def final_chunk(model: str, created_at: str, target: Target, done_reason: str) -
 def load_response(model: str, created_at: str, target: Target, unload: bool) -> dict[str, Any]:
     """The answer to an empty prompt / empty messages: Ollama loads (or unloads) and says so."""
     return final_chunk(model, created_at, target, "unload" if unload else "load")
-
-
-def openai_response_to_ollama(
-    resp: dict[str, Any], model: str, target: Target, created_at: str, timing: Timing, logprobs: bool = False
-) -> dict[str, Any]:
-    """A whole (non-streamed) chat.completion or text_completion -> one Ollama response object."""
-    choices = resp.get("choices") or [{}]
-    choice = choices[0] or {}
-    message = choice.get("message")
-    tool_calls: list[dict[str, Any]] = []
-    if message is not None:
-        text = message.get("content") or ""
-        thinking = message.get("reasoning") or message.get("reasoning_content")
-        raw_calls = message.get("tool_calls") or []
-        if raw_calls:
-            try:
-                tool_calls = openai_tool_calls_to_ollama(raw_calls)
-            except ToolCallError as exc:
-                if choice.get("finish_reason") == "length":
-                    raise UpstreamStreamError(f"{exc} (the call was cut off by the token limit)") from None
-                accumulator = ToolCallAccumulator()
-                accumulator.add(raw_calls)
-                tool_calls, extra_text = accumulator.flush(truncated=False)
-                text += extra_text
-        lp = chat_logprobs_to_ollama(choice.get("logprobs")) if logprobs else []
-    else:
-        text = choice.get("text") or ""
-        thinking = None
-        lp = completion_logprobs_to_ollama(choice.get("logprobs")) if logprobs else []
-    out = _chunk(model, created_at, target, text, thinking)
-    if tool_calls:
-        if target == "chat":
-            out["message"]["tool_calls"] = tool_calls
-        else:
-            out["tool_calls"] = tool_calls
-    out["done"] = True
-    out["done_reason"] = done_reason_for(choice.get("finish_reason"))
-    if timing.first:
-        metrics = final_metrics(timing, resp.get("usage"))
-    else:
-        # A whole response gives no first-token time, so prefill cannot be told from decoding: the
-        # upstream time counts as eval time, and the unknown prompt_eval_duration is omitted, as
-        # Ollama omits zero durations.
-        upstream = timing.upstream or timing.start
-        metrics = final_metrics(Timing(timing.start, upstream, upstream, timing.end), resp.get("usage"))
-        metrics.pop("prompt_eval_duration")
-    if lp and target == "chat":
-        out["logprobs"] = lp  # ChatResponse puts logprobs before the metrics, GenerateResponse after
-    out.update(metrics)
-    if lp and target == "generate":
-        out["logprobs"] = lp
-    return out

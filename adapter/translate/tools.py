@@ -10,9 +10,18 @@ from typing import Any
 
 import orjson
 
+from adapter.errors import OllamaError
+
 
 class ToolCallError(ValueError):
     """A tool call whose arguments are not a JSON object."""
+
+
+class ToolCallShapeError(OllamaError):
+    """Tool-call deltas of a shape no OpenAI-compatible server sends."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(502, f"vLLM sent a tool call of an unexpected shape ({what})")
 
 
 def parse_arguments(arguments: Any) -> dict[str, Any]:
@@ -42,16 +51,13 @@ def openai_tool_call_to_ollama(call: dict[str, Any], index: int) -> dict[str, An
     return converted
 
 
-def openai_tool_calls_to_ollama(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [openai_tool_call_to_ollama(c, c.get("index", i)) for i, c in enumerate(calls)]
-
-
-def tool_call_as_text(call: dict[str, Any]) -> str:
-    """How an unparsable call reaches the client when vLLM finished normally: as text, the way
-    Ollama leaves model output it cannot parse as a tool call in `content`."""
+def tool_call_as_text(call: dict[str, Any], cut_off: bool = False) -> str:
+    """An unparsable call as the text the model wrote, the way Ollama leaves model output it cannot
+    parse as a tool call in `content`. A call cut off by the token limit ends where it was cut."""
     function = call.get("function") or {}
     name = orjson.dumps(function.get("name") or "").decode()
-    return f'<tool_call>{{"name": {name}, "arguments": {function.get("arguments") or ""}}}</tool_call>'
+    text = f'<tool_call>{{"name": {name}, "arguments": {function.get("arguments") or ""}'
+    return text if cut_off else text + "}</tool_call>"
 
 
 class ToolCallAccumulator:
@@ -62,39 +68,49 @@ class ToolCallAccumulator:
     def __init__(self) -> None:
         self.calls: dict[int, dict[str, Any]] = {}
 
-    def add(self, deltas: list[dict[str, Any]]) -> None:
+    def add(self, deltas: Any) -> None:
+        if type(deltas) is not list:
+            raise ToolCallShapeError("tool_calls is not a list")
         for position, delta in enumerate(deltas):
+            if type(delta) is not dict:
+                raise ToolCallShapeError("a tool call delta is not an object")
             index = delta.get("index", position)
+            if type(index) is not int:
+                raise ToolCallShapeError("a tool call index is not an integer")
             call = self.calls.get(index)
             if call is None:
                 call = self.calls[index] = {"id": "", "function": {"name": "", "arguments": ""}}
-            if delta.get("id"):
-                call["id"] = delta["id"]
+            call_id = delta.get("id")
+            if call_id:
+                call["id"] = str(call_id)
             function = delta.get("function") or {}
-            if function.get("name"):
-                call["function"]["name"] += function["name"]
+            if type(function) is not dict:
+                raise ToolCallShapeError("a tool call function is not an object")
+            name = function.get("name")
+            if name:
+                call["function"]["name"] += str(name)
             arguments = function.get("arguments")
             if arguments:
                 if isinstance(arguments, dict):  # some servers send whole objects
                     arguments = orjson.dumps(arguments).decode()
+                elif type(arguments) is not str:
+                    raise ToolCallShapeError("tool call arguments are neither a string nor an object")
                 call["function"]["arguments"] += arguments
 
     def __bool__(self) -> bool:
         return bool(self.calls)
 
-    def flush(self, truncated: bool) -> tuple[list[dict[str, Any]], str]:
-        """Whole Ollama calls, plus text for calls that could not be parsed.
-
-        A call cut off by the length limit raises ToolCallError: the client must learn it is
-        incomplete rather than get half a call."""
+    def flush(self, cut_off: bool = False) -> tuple[list[dict[str, Any]], str]:
+        """Whole Ollama calls (indexed 0, 1, ... in index order), plus text for calls whose arguments
+        do not parse: the last one when the token limit cut it off (`cut_off`), or one the model got
+        wrong. Ollama leaves model output it cannot parse as a tool call in the content."""
         calls, text = [], ""
-        for position, index in enumerate(sorted(self.calls)):
+        last = max(self.calls, default=None)
+        for index in sorted(self.calls):
             raw = self.calls[index]
             try:
-                calls.append(openai_tool_call_to_ollama(raw, position))
-            except ToolCallError as exc:
-                if truncated:
-                    raise ToolCallError(f"{exc} (the call was cut off by the token limit)") from None
-                text += tool_call_as_text(raw)
+                calls.append(openai_tool_call_to_ollama(raw, len(calls)))
+            except ToolCallError:
+                text += tool_call_as_text(raw, cut_off=cut_off and index == last)
         self.calls.clear()
         return calls, text

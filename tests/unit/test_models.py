@@ -12,18 +12,22 @@ import re
 import pytest
 
 from adapter.translate.models import (
+    ListedName,
     default_capabilities,
     digest_of,
     estimated_size,
     family_of,
     model_details,
+    openai_models_listing,
     parameter_size_of,
     parameters_text,
     ps_entry,
+    ps_listing,
     quantization_of,
     show_response,
     tag_name,
     tags_entry,
+    tags_listing,
 )
 
 MODIFIED = "2026-11-23T17:18:12.639712648+01:00"
@@ -153,18 +157,36 @@ def test_model_details_family_override():
     assert details["families"] == ["llama"]
 
 
+def listed(name: str, upstream_id: str, context_length: int | None = 2048, caps=("completion", "tools")) -> ListedName:
+    return ListedName(name.lower().removesuffix(":latest"), name, upstream_id, None, context_length, caps)
+
+
+def test_model_details_context_length_goes_last_when_known():
+    # ModelDetails (api/types.go, Ollama 0.30): ..., quantization_level, context_length, embedding_length.
+    details = model_details("tiny", context_length=2048)
+    assert list(details) == [*DETAILS_KEYS, "context_length"]
+    assert details["context_length"] == 2048
+
+
 def test_tags_entry_shape_and_key_order():
-    entry = tags_entry("tiny", "tiny", MODIFIED)
-    assert list(entry) == ["name", "model", "modified_at", "size", "digest", "details"]
+    entry = tags_entry(listed("tiny", "tiny"), MODIFIED)
+    # ListModelResponse (Ollama 0.30): name, model, modified_at, size, digest, details, capabilities.
+    assert list(entry) == ["name", "model", "modified_at", "size", "digest", "details", "capabilities"]
     assert entry["name"] == entry["model"] == "tiny:latest"
     assert entry["modified_at"] == MODIFIED
     assert type(entry["size"]) is int
     assert re.fullmatch(r"[0-9a-f]{64}", entry["digest"])
-    assert list(entry["details"]) == DETAILS_KEYS
+    assert list(entry["details"]) == [*DETAILS_KEYS, "context_length"]
+    assert entry["details"]["context_length"] == 2048
+    assert entry["capabilities"] == ["completion", "tools"]
+
+
+def test_tags_entry_unknown_context_length_is_left_out_of_details():
+    assert list(tags_entry(listed("tiny", "tiny", None), MODIFIED)["details"]) == DETAILS_KEYS
 
 
 def test_tags_entry_alias_describes_the_upstream_model():
-    entry = tags_entry("llama3.1:8b", "meta-llama/Llama-3.1-8B-Instruct", MODIFIED)
+    entry = tags_entry(listed("llama3.1:8b", "meta-llama/Llama-3.1-8B-Instruct"), MODIFIED)
     assert entry["name"] == "llama3.1:8b"
     assert entry["details"]["family"] == "llama"
     assert entry["details"]["parameter_size"] == "8B"
@@ -172,16 +194,54 @@ def test_tags_entry_alias_describes_the_upstream_model():
 
 
 def test_ps_entry_shape_and_key_order():
-    entry = ps_entry("tiny", "tiny", "2318-11-23T17:18:12+01:00", 2048)
+    entry = ps_entry(listed("tiny", "tiny"), "2318-11-23T17:18:12+01:00")
     assert list(entry) == ["name", "model", "size", "digest", "details", "expires_at", "size_vram", "context_length"]
     assert entry["name"] == "tiny:latest"
     assert entry["context_length"] == 2048
     assert entry["details"]["parent_model"] == ""
+    # As in Ollama's PsHandler: the loaded context length is top-level, not in details.
+    assert list(entry["details"]) == DETAILS_KEYS
     assert type(entry["size_vram"]) is int
 
 
 def test_ps_entry_unknown_context_length_is_int_zero():
-    assert ps_entry("tiny", "tiny", MODIFIED, None)["context_length"] == 0
+    assert ps_entry(listed("tiny", "tiny", None), MODIFIED)["context_length"] == 0
+
+
+# --- one list across backends ---------------------------------------------------------------------
+
+VISION_MODELS = [
+    {"name": "llava:7b", "model": "llava:7b", "modified_at": MODIFIED, "size": 1, "digest": "d" * 64, "details": {}},
+    {"name": "tiny:latest", "model": "tiny:latest", "modified_at": MODIFIED, "size": 1, "digest": "e" * 64},
+]
+
+
+def test_tags_listing_vllm_names_first_and_own_their_name():
+    names = [listed("tiny", "tiny")]
+    models = tags_listing(names, {"tiny": MODIFIED}, VISION_MODELS, [], discover=True)
+    assert [m["name"] for m in models] == ["tiny:latest", "llava:7b"]
+    assert models[0]["digest"] == digest_of("vllm", "tiny")  # vLLM's, not Ollama Vision's
+
+
+def test_tags_listing_catalog_ollama_entries_listed_under_their_names_only_when_pulled():
+    entries = [(("vision", "see"), "llava:7b"), (("absent",), "bakllava:7b")]
+    models = tags_listing([], {}, VISION_MODELS, entries, discover=False)
+    assert [m["name"] for m in models] == ["vision:latest", "see:latest"]
+    assert models[0]["digest"] == "d" * 64
+
+
+def test_ps_listing_merges_ollama_running_models_vllm_does_not_own():
+    running = [{"name": "llava:7b", "model": "llava:7b"}, {"name": "tiny:latest", "model": "tiny:latest"}]
+    models = ps_listing([listed("tiny", "tiny")], MODIFIED, running)
+    assert [m["name"] for m in models] == ["tiny:latest", "llava:7b"]
+
+
+def test_openai_models_listing_owned_by_says_the_backend():
+    data = openai_models_listing([listed("tiny", "tiny")], {"tiny": 5}, VISION_MODELS, 9)
+    assert data == [
+        {"id": "tiny", "object": "model", "created": 5, "owned_by": "vllm"},
+        {"id": "llava:7b", "object": "model", "created": 9, "owned_by": "library"},
+    ]
 
 
 # --- show -----------------------------------------------------------------------------------------
@@ -249,7 +309,9 @@ def test_show_response_capabilities_and_modified_at_passed_through():
     body = show_response("Qwen/Qwen3-8B", MODIFIED, context_length=4096, capabilities=caps)
     assert body["capabilities"] == caps
     assert body["modified_at"] == MODIFIED
-    assert list(body["details"]) == DETAILS_KEYS
+    # details.context_length: Ollama 0.30's ModelDetails field, which clients read from /api/show.
+    assert list(body["details"]) == [*DETAILS_KEYS, "context_length"]
+    assert body["details"]["context_length"] == 4096
 
 
 def test_show_response_parameters_num_ctx_line_like_ollama():

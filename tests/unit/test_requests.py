@@ -421,7 +421,7 @@ def test_response_format_for_invalid_is_bad_request(fmt):
 def test_ollama_chat_to_openai_format_schema_never_uses_guided_json():
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     body = ollama_chat_to_openai(
-        {"model": "m", "messages": [{"role": "user", "content": "x"}], "format": schema}, "tiny", stream=False
+        {"model": "m", "messages": [{"role": "user", "content": "x"}], "format": schema}, "tiny"
     )
     assert body["response_format"]["type"] == "json_schema"
     assert body["response_format"]["json_schema"]["schema"] == schema
@@ -430,7 +430,7 @@ def test_ollama_chat_to_openai_format_schema_never_uses_guided_json():
 
 
 def test_ollama_chat_to_openai_format_json_is_json_object():
-    body = ollama_chat_to_openai({"messages": [{"role": "user", "content": "x"}], "format": "json"}, "tiny", False)
+    body = ollama_chat_to_openai({"messages": [{"role": "user", "content": "x"}], "format": "json"}, "tiny")
     assert body["response_format"] == {"type": "json_object"}
     assert not [k for k in body if k.startswith("guided_")]
 
@@ -470,36 +470,38 @@ def test_thinking_controls_for_invalid_is_bad_request(think):
 
 
 def test_ollama_chat_to_openai_think_false_sets_enable_thinking_false():
-    body = ollama_chat_to_openai({"messages": [{"role": "user", "content": "x"}], "think": False}, "tiny", False)
+    body = ollama_chat_to_openai({"messages": [{"role": "user", "content": "x"}], "think": False}, "tiny")
     assert body["chat_template_kwargs"] == {"enable_thinking": False}
     assert "think" not in body
 
 
 def test_ollama_chat_to_openai_without_think_sends_no_chat_template_kwargs():
-    body = ollama_chat_to_openai({"messages": [{"role": "user", "content": "x"}]}, "tiny", False)
+    body = ollama_chat_to_openai({"messages": [{"role": "user", "content": "x"}]}, "tiny")
     assert "chat_template_kwargs" not in body
 
 
 # --- chat body ------------------------------------------------------------------------------------
 
 
-def chat(req: dict, stream: bool = True, extra: dict | None = None) -> dict:
+def chat(req: dict, extra: dict | None = None) -> dict:
     return ollama_chat_to_openai(
-        {"model": "tiny:latest", "messages": [{"role": "user", "content": "Hi"}], **req}, "tiny", stream, extra
+        {"model": "tiny:latest", "messages": [{"role": "user", "content": "Hi"}], **req}, "tiny", extra
     )
 
 
-def test_ollama_chat_to_openai_uses_upstream_model_and_stream_flag():
-    body = chat({}, stream=False)
+def test_ollama_chat_to_openai_uses_upstream_model():
+    body = chat({})
     assert body["model"] == "tiny"
-    assert body["stream"] is False
     assert body["messages"] == [{"role": "user", "content": "Hi"}]
 
 
-def test_ollama_chat_to_openai_stream_options_only_when_streaming():
-    # vLLM: stream_options without stream:true is a 400.
-    assert chat({}, stream=True)["stream_options"] == {"include_usage": True}
-    assert "stream_options" not in chat({}, stream=False)
+@pytest.mark.parametrize("stream", [True, False, None])
+def test_ollama_chat_to_openai_always_asks_vllm_for_a_stream_with_usage(stream):
+    # A whole answer is the stream folded together by the gateway: the same first-token timing
+    # (prompt_eval_duration) and timeouts either way. vLLM: stream_options needs stream:true.
+    body = chat({"stream": stream})
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
 
 
 def test_ollama_chat_to_openai_empty_tools_are_dropped():
@@ -566,7 +568,7 @@ def test_ollama_chat_to_openai_request_defaults_tool_keys_dropped_without_tools(
 def test_ollama_chat_to_openai_does_not_mutate_request():
     req = {"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [], "options": {"stop": "x"}}
     snapshot = json.loads(json.dumps(req))
-    ollama_chat_to_openai(req, "tiny", True)
+    ollama_chat_to_openai(req, "tiny")
     assert req == snapshot
 
 
@@ -574,7 +576,7 @@ def test_ollama_chat_to_openai_does_not_mutate_request():
 
 
 def test_ollama_generate_to_openai_chat_system_then_user_prompt():
-    body = ollama_generate_to_openai_chat({"model": "m", "prompt": "Why?", "system": "Be brief."}, "tiny", False)
+    body = ollama_generate_to_openai_chat({"model": "m", "prompt": "Why?", "system": "Be brief."}, "tiny")
     assert body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}]
     assert body["model"] == "tiny"
     assert "prompt" not in body
@@ -582,13 +584,13 @@ def test_ollama_generate_to_openai_chat_system_then_user_prompt():
 
 
 def test_ollama_generate_to_openai_chat_without_system_has_only_user():
-    body = ollama_generate_to_openai_chat({"model": "m", "prompt": "Why?"}, "tiny", True)
+    body = ollama_generate_to_openai_chat({"model": "m", "prompt": "Why?"}, "tiny")
     assert body["messages"] == [{"role": "user", "content": "Why?"}]
     assert body["stream_options"] == {"include_usage": True}
 
 
 def test_ollama_generate_to_openai_chat_images_go_to_the_user_message():
-    body = ollama_generate_to_openai_chat({"prompt": "What?", "images": [b64(PNG)]}, "tiny", False)
+    body = ollama_generate_to_openai_chat({"prompt": "What?", "images": [b64(PNG)]}, "tiny")
     assert body["messages"][-1]["content"] == [
         {"type": "text", "text": "What?"},
         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64(PNG)}"}},
@@ -597,7 +599,7 @@ def test_ollama_generate_to_openai_chat_images_go_to_the_user_message():
 
 def test_ollama_generate_to_openai_chat_options_format_think_apply():
     body = ollama_generate_to_openai_chat(
-        {"prompt": "x", "options": {"num_predict": 5}, "format": "json", "think": True}, "tiny", False
+        {"prompt": "x", "options": {"num_predict": 5}, "format": "json", "think": True}, "tiny"
     )
     assert body["max_tokens"] == 5
     assert body["response_format"] == {"type": "json_object"}
@@ -606,7 +608,7 @@ def test_ollama_generate_to_openai_chat_options_format_think_apply():
 
 
 def test_ollama_generate_to_openai_chat_request_defaults_without_tool_keys():
-    body = ollama_generate_to_openai_chat({"prompt": "x"}, "tiny", False, {"tool_choice": "auto", "min_p": 0.1})
+    body = ollama_generate_to_openai_chat({"prompt": "x"}, "tiny", {"tool_choice": "auto", "min_p": 0.1})
     assert "tool_choice" not in body
     assert body["min_p"] == 0.1
 
@@ -616,7 +618,7 @@ def test_ollama_generate_to_openai_chat_request_defaults_without_tool_keys():
 
 def test_ollama_generate_to_openai_completion_max_tokens_none_by_default():
     # vLLM's /v1/completions stops after 16 tokens unless max_tokens is given (null = no limit).
-    body = ollama_generate_to_openai_completion({"prompt": "Once upon", "raw": True}, "tiny", False)
+    body = ollama_generate_to_openai_completion({"prompt": "Once upon", "raw": True}, "tiny")
     assert "max_tokens" in body
     assert body["max_tokens"] is None
     assert body["prompt"] == "Once upon"
@@ -626,46 +628,45 @@ def test_ollama_generate_to_openai_completion_max_tokens_none_by_default():
 
 @pytest.mark.parametrize("num_predict", [-1, -2])
 def test_ollama_generate_to_openai_completion_unlimited_num_predict_is_null(num_predict):
-    body = ollama_generate_to_openai_completion({"prompt": "x", "options": {"num_predict": num_predict}}, "tiny", True)
+    body = ollama_generate_to_openai_completion({"prompt": "x", "options": {"num_predict": num_predict}}, "tiny")
     assert body["max_tokens"] is None
 
 
 def test_ollama_generate_to_openai_completion_num_predict_is_max_tokens():
-    body = ollama_generate_to_openai_completion({"prompt": "x", "options": {"num_predict": 20}}, "tiny", True)
+    body = ollama_generate_to_openai_completion({"prompt": "x", "options": {"num_predict": 20}}, "tiny")
     assert body["max_tokens"] == 20
 
 
-def test_ollama_generate_to_openai_completion_stream_options_only_when_streaming():
-    assert ollama_generate_to_openai_completion({"prompt": "x"}, "tiny", True)["stream_options"] == {
-        "include_usage": True
-    }
-    assert "stream_options" not in ollama_generate_to_openai_completion({"prompt": "x"}, "tiny", False)
+def test_ollama_generate_to_openai_completion_always_streams_with_usage():
+    body = ollama_generate_to_openai_completion({"prompt": "x", "stream": False}, "tiny")
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
 
 
 def test_ollama_generate_to_openai_completion_prompt_override_for_fim():
     body = ollama_generate_to_openai_completion(
-        {"prompt": "def f(", "suffix": "\n    return x"}, "coder", False, prompt="<|fim_prefix|>def f(<|fim_suffix|>"
+        {"prompt": "def f(", "suffix": "\n    return x"}, "coder", prompt="<|fim_prefix|>def f(<|fim_suffix|>"
     )
     assert body["prompt"] == "<|fim_prefix|>def f(<|fim_suffix|>"
     assert "suffix" not in body  # vLLM: "suffix is not currently supported"
 
 
 def test_ollama_generate_to_openai_completion_logprobs_is_an_int():
-    body = ollama_generate_to_openai_completion({"prompt": "x", "logprobs": True, "top_logprobs": 5}, "tiny", False)
+    body = ollama_generate_to_openai_completion({"prompt": "x", "logprobs": True, "top_logprobs": 5}, "tiny")
     assert type(body["logprobs"]) is int
     assert body["logprobs"] == 5
     assert "top_logprobs" not in body
 
 
 def test_ollama_generate_to_openai_completion_logprobs_without_top_is_an_int():
-    body = ollama_generate_to_openai_completion({"prompt": "x", "logprobs": True}, "tiny", False)
+    body = ollama_generate_to_openai_completion({"prompt": "x", "logprobs": True}, "tiny")
     assert type(body["logprobs"]) is int
     assert body["logprobs"] >= 0
     assert "top_logprobs" not in body
 
 
 def test_ollama_generate_to_openai_completion_format_becomes_response_format():
-    body = ollama_generate_to_openai_completion({"prompt": "x", "format": {"type": "object"}}, "tiny", False)
+    body = ollama_generate_to_openai_completion({"prompt": "x", "format": {"type": "object"}}, "tiny")
     assert body["response_format"]["type"] == "json_schema"
     assert not [k for k in body if k.startswith("guided_")]
 

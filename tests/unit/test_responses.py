@@ -21,8 +21,8 @@ from adapter.translate.responses import (
     final_chunk,
     final_metrics,
     load_response,
-    openai_response_to_ollama,
     rfc3339_utc,
+    whole_response,
 )
 
 T = "2026-11-23T16:18:12.345Z"
@@ -381,12 +381,41 @@ def test_stream_translator_tool_call_without_arguments_is_empty_object():
     assert calls[0]["function"] == {"index": 0, "name": "now", "arguments": {}}
 
 
-def test_stream_translator_incomplete_tool_arguments_cut_at_length_is_error():
+def test_stream_translator_tool_call_cut_off_at_length_ends_as_text_with_done_reason_length():
     chunks = [role_chunk(), tool_start(0, WEATHER_ID, "get_weather"), tool_args(0, '{"city": "Par')]
     cut = tool_args(0, "is")
     cut["choices"][0]["finish_reason"] = "length"
-    with pytest.raises(UpstreamStreamError):
-        run([*chunks, cut, usage_chunk(10, 300)])
+    out = run([*chunks, cut, usage_chunk(10, 300)])
+    assert all_tool_calls(out) == []
+    assert contents(out) == '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris'
+    assert out[-1]["done_reason"] == "length"
+    assert out[-1]["eval_count"] == 300
+
+
+def test_stream_translator_complete_calls_before_a_cut_off_one_are_still_calls():
+    cut = tool_args(1, '{"tz": "U')
+    cut["choices"][0]["finish_reason"] = "length"
+    chunks = [role_chunk(), tool_start(0, "a", "f"), tool_args(0, '{"x": 1}'), tool_start(1, "b", "g"), cut]
+    out = run(chunks)
+    assert all_tool_calls(out) == [{"id": "a", "function": {"index": 0, "name": "f", "arguments": {"x": 1}}}]
+    assert contents(out).endswith('"arguments": {"tz": "U')
+    assert out[-1]["done_reason"] == "length"
+
+
+def test_stream_translator_each_tool_call_in_a_line_of_its_own():
+    # Ollama's parsers emit each call in the line where it completes; Haystack's OllamaChatGenerator
+    # numbers calls by line, so two calls in one line would become one.
+    chunks = [
+        role_chunk(),
+        tool_start(0, "a", "f"),
+        tool_args(0, '{"x": 1}'),
+        tool_start(1, "b", "g"),
+        tool_args(1, '{"y": 2}'),
+        delta_chunk({}, "tool_calls", stop_reason=0),
+    ]
+    lines = [c for c in run(chunks) if c["message"].get("tool_calls")]
+    assert [len(c["message"]["tool_calls"]) for c in lines] == [1, 1]
+    assert [c["message"]["tool_calls"][0]["function"]["index"] for c in lines] == [0, 1]
 
 
 def test_stream_translator_invalid_tool_arguments_with_normal_finish_become_text():
@@ -605,252 +634,136 @@ def test_done_reason_for_maps_to_stop_or_length(finish_reason, done_reason):
     assert done_reason_for(finish_reason) == done_reason
 
 
-# --- openai_response_to_ollama --------------------------------------------------------------------
-
-REAL_CHAT_RESPONSE = {
-    "id": "chatcmpl-1",
-    "object": "chat.completion",
-    "created": 1795441092,
-    "model": "tiny",
-    "choices": [
-        {
-            "index": 0,
-            "message": {
-                "role": "assistant",
-                "content": 'Thorld tin func"02 nu',
-                "refusal": None,
-                "annotations": None,
-                "audio": None,
-                "function_call": None,
-                "reasoning": None,
-            },
-            "logprobs": None,
-            "finish_reason": "length",
-            "stop_reason": None,
-            "token_ids": None,
-            "routed_experts": None,
-        }
-    ],
-    "service_tier": None,
-    "system_fingerprint": "vllm-0.32.0-6adf41a4",
-    "usage": {
-        "prompt_tokens": 15,
-        "total_tokens": 23,
-        "completion_tokens": 8,
-        "prompt_tokens_details": None,
-        "completion_tokens_details": None,
-    },
-    "prompt_logprobs": None,
-    "prompt_token_ids": None,
-    "prompt_text": None,
-    "kv_transfer_params": None,
-    "ec_transfer_params": None,
-    "metrics": None,
-}
+# --- whole_response: a non-streamed answer is the stream folded together ---------------------------
 
 
-def chat_response(message: dict, finish_reason: str = "stop", logprobs=None) -> dict:
-    return {
-        "id": "chatcmpl-2",
-        "object": "chat.completion",
-        "model": "tiny",
-        "choices": [
-            {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason, "stop_reason": 0}
-        ],
-        "usage": {"prompt_tokens": 10, "total_tokens": 15, "completion_tokens": 5},
-    }
+def fold(chunks: list[dict], target: str = "chat", logprobs: bool = False, timing: Timing = TIMING) -> dict:
+    out = run(chunks, target, logprobs, timing)
+    return whole_response(out[:-1], out[-1], target)
 
 
-def test_openai_response_to_ollama_chat_real_vllm_response():
-    out = openai_response_to_ollama(
-        REAL_CHAT_RESPONSE, "tiny:latest", "chat", T, Timing(start=0, upstream=100, end=1_100)
-    )
+def test_whole_response_chat_real_vllm_stream():
+    # The real SSE of shared/real-vllm-on-cpu.md §4 (max_tokens 3), folded.
+    chunks = [
+        role_chunk(),
+        content_chunk("Th"),
+        content_chunk("orld"),
+        content_chunk(" tin", "length"),
+        usage_chunk(12, 3),
+    ]
+    out = fold(chunks)
     assert out["model"] == "tiny:latest"  # the request's model string, verbatim
     assert out["created_at"] == T
-    assert out["message"] == {"role": "assistant", "content": 'Thorld tin func"02 nu'}
+    assert out["message"] == {"role": "assistant", "content": "Thorld tin"}
     assert out["done"] is True
     assert out["done_reason"] == "length"
-    assert out["prompt_eval_count"] == 15
-    assert out["eval_count"] == 8
-    assert out["total_duration"] == 1_100
-    keys = list(out)
-    assert keys[:5] == ["model", "created_at", "message", "done", "done_reason"]
-    assert [k for k in keys if k in METRIC_KEYS] == [k for k in METRIC_KEYS if k in keys]
+    assert out["prompt_eval_count"] == 12
+    assert out["eval_count"] == 3
+    assert list(out) == CHAT_FINAL_KEYS
 
 
-def test_openai_response_to_ollama_without_first_token_time_omits_prompt_eval_duration():
-    out = openai_response_to_ollama(REAL_CHAT_RESPONSE, "tiny", "chat", T, Timing(start=0, upstream=100, end=1_100))
-    assert "prompt_eval_duration" not in out
-    assert out["eval_duration"] == 1_000
-    assert out["load_duration"] == 100
-
-
-def test_openai_response_to_ollama_with_first_token_time_has_all_metrics():
-    out = openai_response_to_ollama(REAL_CHAT_RESPONSE, "tiny", "chat", T, TIMING)
+def test_whole_response_has_every_duration_including_prompt_eval_duration():
+    out = fold([role_chunk(), content_chunk("x"), delta_chunk({}, "stop", 0), usage_chunk(5, 1)])
     assert list(out)[-6:] == METRIC_KEYS
     assert all(type(out[k]) is int for k in METRIC_KEYS)
+    assert out["prompt_eval_duration"] == TIMING.first - TIMING.upstream
+    assert out["eval_duration"] == TIMING.end - TIMING.first
 
 
-def test_openai_response_to_ollama_chat_tool_calls():
-    # Real non-streamed forced tool call: content "" (not null), arguments re-serialised JSON string.
-    message = {
-        "role": "assistant",
-        "content": "",
-        "tool_calls": [
-            {
-                "id": "chatcmpl-tool-0123456789abcdef",
-                "type": "function",
-                "function": {"name": "get_time", "arguments": '{"tz": "},xParis"}'},
-            }
-        ],
-        "reasoning": None,
-    }
-    out = openai_response_to_ollama(chat_response(message, "tool_calls"), "tiny", "chat", T, TIMING)
+def test_whole_response_chat_tool_calls_indexed_in_one_message():
+    chunks = [
+        role_chunk(),
+        tool_start(0, "a", "f"),
+        tool_args(0, "{}"),
+        tool_start(1, "b", "g"),
+        tool_args(1, '{"x": [1, 2]}'),
+        delta_chunk({}, "tool_calls", stop_reason=0),
+        usage_chunk(10, 5),
+    ]
+    out = fold(chunks)
     assert out["message"] == {
         "role": "assistant",
         "content": "",
         "tool_calls": [
-            {
-                "id": "chatcmpl-tool-0123456789abcdef",
-                "function": {"index": 0, "name": "get_time", "arguments": {"tz": "},xParis"}},
-            }
+            {"id": "a", "function": {"index": 0, "name": "f", "arguments": {}}},
+            {"id": "b", "function": {"index": 1, "name": "g", "arguments": {"x": [1, 2]}}},
         ],
     }
     assert out["done_reason"] == "stop"
 
 
-def test_openai_response_to_ollama_chat_parallel_tool_calls_indexed():
-    message = {
-        "role": "assistant",
-        "content": None,
-        "tool_calls": [
-            {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}},
-            {"id": "b", "type": "function", "function": {"name": "g", "arguments": '{"x": [1, 2]}'}},
-        ],
-    }
-    out = openai_response_to_ollama(chat_response(message, "tool_calls"), "tiny", "chat", T, TIMING)
-    assert out["message"]["content"] == ""
-    assert [c["function"]["index"] for c in out["message"]["tool_calls"]] == [0, 1]
-    assert out["message"]["tool_calls"][1]["function"]["arguments"] == {"x": [1, 2]}
+def test_whole_response_tool_call_cut_off_by_the_token_limit_is_length_with_what_was_generated():
+    # Ollama answers a generation cut off inside a tool call with done_reason "length" and the text
+    # generated so far; never an error, and the same streamed or not.
+    cut = tool_args(0, '{"city": "Par')
+    cut["choices"][0]["finish_reason"] = "length"
+    out = fold([role_chunk(), tool_start(0, "a", "get_weather"), cut, usage_chunk(10, 300)])
+    assert out["done_reason"] == "length"
+    assert "tool_calls" not in out["message"]
+    assert out["message"]["content"] == '<tool_call>{"name": "get_weather", "arguments": {"city": "Par'
 
 
-def test_openai_response_to_ollama_invalid_tool_arguments_cut_at_length_is_error():
-    message = {
-        "role": "assistant",
-        "content": "",
-        "tool_calls": [{"id": "a", "type": "function", "function": {"name": "f", "arguments": '{"a": "b'}}],
-    }
-    with pytest.raises(UpstreamStreamError):
-        openai_response_to_ollama(chat_response(message, "length"), "tiny", "chat", T, TIMING)
-
-
-def test_openai_response_to_ollama_invalid_tool_arguments_normal_finish_become_text():
-    message = {
-        "role": "assistant",
-        "content": "",
-        "tool_calls": [{"id": "a", "type": "function", "function": {"name": "f", "arguments": "[[null]"}}],
-    }
-    out = openai_response_to_ollama(chat_response(message, "tool_calls"), "tiny", "chat", T, TIMING)
+def test_whole_response_invalid_tool_arguments_normal_finish_become_text():
+    chunks = [role_chunk(), tool_start(0, "a", "f"), tool_args(0, "[[null]"), delta_chunk({}, "tool_calls", 0)]
+    out = fold(chunks)
     assert "tool_calls" not in out["message"]
     assert "[[null]" in out["message"]["content"]
+    assert out["done_reason"] == "stop"
 
 
-def test_openai_response_to_ollama_raw_tool_call_text_from_failed_parser_stays_content():
-    # vLLM's hermes parser leaves unparsable calls as raw text with tool_calls [].
+def test_whole_response_raw_tool_call_text_from_failed_parser_stays_content():
+    # vLLM's hermes parser leaves unparsable calls as raw text.
     raw = '<tool_call>{"name": "f", "arguments": {bad}</tool_call>'
-    out = openai_response_to_ollama(
-        chat_response({"role": "assistant", "content": raw, "tool_calls": []}, "tool_calls"), "tiny", "chat", T, TIMING
-    )
+    out = fold([role_chunk(), content_chunk(raw), delta_chunk({}, "tool_calls", 0)])
     assert out["message"] == {"role": "assistant", "content": raw}
 
 
 @pytest.mark.parametrize("field", ["reasoning", "reasoning_content"])
-def test_openai_response_to_ollama_chat_reasoning_becomes_thinking(field):
-    message = {"role": "assistant", "content": "42", field: "Let me think."}
-    out = openai_response_to_ollama(chat_response(message), "tiny", "chat", T, TIMING)
+def test_whole_response_reasoning_becomes_thinking(field):
+    out = fold(
+        [role_chunk(), delta_chunk({field: "Let me "}), delta_chunk({field: "think."}), content_chunk("42", "stop")]
+    )
     assert out["message"] == {"role": "assistant", "content": "42", "thinking": "Let me think."}
 
 
-def test_openai_response_to_ollama_chat_for_generate_target():
-    message = {"role": "assistant", "content": "42", "reasoning": "hmm"}
-    out = openai_response_to_ollama(chat_response(message, "stop"), "tiny", "generate", T, TIMING)
+def test_whole_response_for_generate_target():
+    out = fold([role_chunk(), delta_chunk({"reasoning": "hmm"}), content_chunk("42", "stop")], target="generate")
     assert list(out)[:6] == ["model", "created_at", "response", "thinking", "done", "done_reason"]
     assert out["response"] == "42"
     assert out["thinking"] == "hmm"
     assert "message" not in out
 
 
-def test_openai_response_to_ollama_text_completion():
-    resp = {
-        "id": "cmpl-1",
-        "object": "text_completion",
-        "model": "tiny",
-        "choices": [
-            {"index": 0, "text": " upon a time", "logprobs": None, "finish_reason": "length", "stop_reason": None}
-        ],
-        "usage": {"prompt_tokens": 2, "total_tokens": 5, "completion_tokens": 3},
-    }
-    out = openai_response_to_ollama(resp, "tiny", "generate", T, TIMING)
+def test_whole_response_text_completion():
+    out = fold([text_chunk(" upon"), text_chunk(" a time", "length"), usage_chunk(2, 3)], target="generate")
     assert list(out) == GENERATE_FINAL_KEYS
     assert out["response"] == " upon a time"
     assert out["done_reason"] == "length"
     assert out["eval_count"] == 3
 
 
-def test_openai_response_to_ollama_null_content_is_empty_string():
-    out = openai_response_to_ollama(chat_response({"role": "assistant", "content": None}), "m", "chat", T, TIMING)
+def test_whole_response_empty_answer_has_empty_content():
+    out = fold([role_chunk(), delta_chunk({}, "stop", 0)])
     assert out["message"] == {"role": "assistant", "content": ""}
-
-
-def test_openai_response_to_ollama_missing_usage_gives_int_counts():
-    resp = chat_response({"role": "assistant", "content": "x"})
-    del resp["usage"]
-    out = openai_response_to_ollama(resp, "m", "chat", T, TIMING)
     assert type(out["eval_count"]) is int
     assert type(out["prompt_eval_count"]) is int
 
 
-def test_openai_response_to_ollama_chat_logprobs():
-    out = openai_response_to_ollama(
-        chat_response({"role": "assistant", "content": "Th"}, logprobs=CHAT_LOGPROBS),
-        "m",
-        "chat",
-        T,
-        TIMING,
-        logprobs=True,
-    )
-    assert out["logprobs"] == OLLAMA_LOGPROBS
-
-
-def test_openai_response_to_ollama_chat_logprobs_precede_metrics_in_key_order():
+def test_whole_response_chat_logprobs_accumulate_and_precede_metrics():
     # ChatResponse key order (ollama-api.md §1.7): ..., done, done_reason, _debug_info, logprobs,
     # total_duration, load_duration, ... (the metrics come after logprobs in chat).
-    out = openai_response_to_ollama(
-        chat_response({"role": "assistant", "content": "Th"}, logprobs=CHAT_LOGPROBS),
-        "m",
-        "chat",
-        T,
-        TIMING,
-        logprobs=True,
-    )
+    chunks = [role_chunk(), delta_chunk({"content": "Th"}, logprobs=CHAT_LOGPROBS)]
+    chunks += [delta_chunk({"content": "Th"}, "length", logprobs=CHAT_LOGPROBS)]
+    out = fold(chunks, logprobs=True)
+    assert out["logprobs"] == OLLAMA_LOGPROBS * 2
     assert list(out) == ["model", "created_at", "message", "done", "done_reason", "logprobs", *METRIC_KEYS]
 
 
-def test_openai_response_to_ollama_generate_logprobs_come_last():
+def test_whole_response_generate_logprobs_come_last():
     # GenerateResponse key order (§1.6): ..., eval_duration, tool_calls, _debug_info, logprobs.
-    resp = {
-        "object": "text_completion",
-        "choices": [
-            {
-                "index": 0,
-                "text": "Th",
-                "finish_reason": "length",
-                "logprobs": {"tokens": ["Th"], "token_logprobs": [-1.0], "top_logprobs": None},
-            }
-        ],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    }
-    out = openai_response_to_ollama(resp, "m", "generate", T, TIMING, logprobs=True)
+    chunk = text_chunk("Th", "length")
+    chunk["choices"][0]["logprobs"] = {"tokens": ["Th"], "token_logprobs": [-1.0], "top_logprobs": None}
+    out = fold([chunk, usage_chunk(1, 1)], target="generate", logprobs=True)
     assert list(out) == [*GENERATE_FINAL_KEYS, "logprobs"]
     assert out["logprobs"] == [{"token": "Th", "logprob": -1.0}]
 

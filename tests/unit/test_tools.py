@@ -12,8 +12,8 @@ import pytest
 from adapter.translate.tools import (
     ToolCallAccumulator,
     ToolCallError,
+    ToolCallShapeError,
     openai_tool_call_to_ollama,
-    openai_tool_calls_to_ollama,
     parse_arguments,
 )
 
@@ -78,16 +78,6 @@ def test_openai_tool_call_to_ollama_without_id_omits_id():
     assert out == {"function": {"index": 2, "name": "f", "arguments": {}}}
 
 
-def test_openai_tool_calls_to_ollama_indexes_by_position():
-    calls = [
-        {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}},
-        {"id": "b", "type": "function", "function": {"name": "g", "arguments": '{"x": 1}'}},
-    ]
-    out = openai_tool_calls_to_ollama(calls)
-    assert [c["function"]["index"] for c in out] == [0, 1]
-    assert [c["id"] for c in out] == ["a", "b"]
-
-
 # --- ToolCallAccumulator --------------------------------------------------------------------------
 
 
@@ -100,7 +90,7 @@ def test_tool_call_accumulator_real_vllm_fragments():
     for fragment in ['{"', "c", 'ity":"}nceunc am5D",  \n"unit" :\n "celsius', '"}']:
         acc.add([{"index": 0, "function": {"arguments": fragment}}])
     assert acc
-    calls, text = acc.flush(truncated=False)
+    calls, text = acc.flush()
     assert calls == [
         {
             "id": "chatcmpl-tool-ad67bd1475b61394",
@@ -113,9 +103,9 @@ def test_tool_call_accumulator_real_vllm_fragments():
 def test_tool_call_accumulator_flush_clears_state():
     acc = ToolCallAccumulator()
     acc.add([{"index": 0, "id": "x", "function": {"name": "f", "arguments": "{}"}}])
-    acc.flush(truncated=False)
+    acc.flush()
     assert not acc
-    assert acc.flush(truncated=False) == ([], "")
+    assert acc.flush() == ([], "")
 
 
 def test_tool_call_accumulator_interleaved_indexes():
@@ -125,7 +115,7 @@ def test_tool_call_accumulator_interleaved_indexes():
     acc.add([{"index": 1, "function": {"arguments": '{"y":'}}, {"index": 0, "function": {"arguments": '{"x":'}}])
     acc.add([{"index": 0, "function": {"arguments": " 1}"}}])
     acc.add([{"index": 1, "function": {"arguments": " 2}"}}])
-    calls, _ = acc.flush(truncated=False)
+    calls, _ = acc.flush()
     assert calls == [
         {"id": "a", "function": {"index": 0, "name": "f", "arguments": {"x": 1}}},
         {"id": "b", "function": {"index": 1, "name": "g", "arguments": {"y": 2}}},
@@ -135,7 +125,7 @@ def test_tool_call_accumulator_interleaved_indexes():
 def test_tool_call_accumulator_arguments_as_whole_object():
     acc = ToolCallAccumulator()
     acc.add([{"index": 0, "id": "a", "function": {"name": "f", "arguments": {"k": "v"}}}])
-    calls, _ = acc.flush(truncated=False)
+    calls, _ = acc.flush()
     assert calls[0]["function"]["arguments"] == {"k": "v"}
 
 
@@ -147,21 +137,36 @@ def test_tool_call_accumulator_delta_without_index_uses_position():
             {"id": "b", "function": {"name": "g", "arguments": "{}"}},
         ]
     )
-    calls, _ = acc.flush(truncated=False)
+    calls, _ = acc.flush()
     assert [c["id"] for c in calls] == ["a", "b"]
 
 
-def test_tool_call_accumulator_truncated_invalid_raises():
+def test_tool_call_accumulator_cut_off_call_is_the_text_generated_so_far():
     acc = ToolCallAccumulator()
     acc.add([{"index": 0, "id": "a", "function": {"name": "f", "arguments": '{"city": "Par'}}])
-    with pytest.raises(ToolCallError):
-        acc.flush(truncated=True)
+    assert acc.flush(cut_off=True) == ([], '<tool_call>{"name": "f", "arguments": {"city": "Par')
+
+
+@pytest.mark.parametrize(
+    "deltas",
+    [
+        "not a list",
+        [5],
+        [{"index": "0", "function": {"name": "f"}}],
+        [{"index": 0, "function": "f"}],
+        [{"index": 0, "function": {"name": "f", "arguments": 5}}],
+    ],
+)
+def test_tool_call_accumulator_rejects_shapes_no_server_sends(deltas):
+    # The upstream's fault, named as such (a 502 or a last error line), never the gateway's own 500.
+    with pytest.raises(ToolCallShapeError):
+        ToolCallAccumulator().add(deltas)
 
 
 def test_tool_call_accumulator_truncated_but_complete_is_fine():
     acc = ToolCallAccumulator()
     acc.add([{"index": 0, "id": "a", "function": {"name": "f", "arguments": '{"city": "Paris"}'}}])
-    calls, text = acc.flush(truncated=True)
+    calls, text = acc.flush(cut_off=True)
     assert calls[0]["function"]["arguments"] == {"city": "Paris"}
     assert text == ""
 
@@ -170,7 +175,7 @@ def test_tool_call_accumulator_invalid_with_normal_finish_becomes_text():
     acc = ToolCallAccumulator()
     acc.add([{"index": 0, "id": "a", "function": {"name": "get_weather", "arguments": "{oops"}}])
     acc.add([{"index": 1, "id": "b", "function": {"name": "get_time", "arguments": '{"tz": "UTC"}'}}])
-    calls, text = acc.flush(truncated=False)
+    calls, text = acc.flush()
     assert [c["function"]["name"] for c in calls] == ["get_time"]
     assert "get_weather" in text
     assert "{oops" in text

@@ -1,0 +1,203 @@
+"""One call to an upstream server under a limiter slot: the request path's only I/O orchestration.
+
+`open_exchange` takes a slot on the server, sends, and waits for the answer's headers, bounded by
+the request's deadline. The body is then read either as vLLM's SSE events translated into Ollama
+chunks (`ollama_chunks`), or relayed as bytes (`relayed_bytes`, `whole_body`). `Exchange.close`
+gives back the slot and the connection exactly once, however the request ends: finished, failed,
+timed out, or the client gone.
+
+Timeouts: the connect timeout; the first-token timeout, which bounds every wait for data of a stream
+(the first event included); and the total, which bounds the whole request from the moment it was
+sent: one timer per request closes the upstream response when it fires, so nothing is checked per
+chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from adapter.context import RequestFacts
+from adapter.errors import OllamaError, UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
+from adapter.metrics import Metrics
+from adapter.translate.responses import StreamTranslator, Timing, rfc3339_utc
+from adapter.upstream import STREAM_ERRORS, SSEEvents, Upstream, UpstreamResponse
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    first_token: float | None  # between two events of a stream, the first one included
+    total: float | None  # the whole request
+
+
+class Exchange:
+    """One sent request and its answer, holding one of the upstream's limiter slots."""
+
+    __slots__ = ("_closed", "_timer", "expired", "response", "timeouts", "upstream")
+
+    def __init__(self, upstream: Upstream, response: UpstreamResponse, timeouts: Timeouts) -> None:
+        self.upstream = upstream
+        self.response = response
+        self.timeouts = timeouts
+        self.expired = False
+        self._closed = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start_deadline(self, deadline: float | None) -> None:
+        """From now on the total time limit (a loop time) cuts the body off where it is."""
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.response.close()  # the pending read fails (or the body ends) at once
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self.response.close()
+        self.upstream.limiter.release()
+
+    def failure(self, exc: BaseException | None = None) -> OllamaError:
+        """What a body that could not be read to its end means for the client."""
+        name = self.upstream.name
+        if self.expired:
+            return UpstreamTimeout(name, f"total time limit of {self.timeouts.total:g} s reached")
+        if isinstance(exc, OllamaError):
+            return exc
+        if isinstance(exc, TimeoutError):
+            return UpstreamTimeout(name, f"no data for {self.timeouts.first_token or 0:g} s")
+        what = type(exc).__name__ if exc is not None else "closed"
+        return UpstreamFailed(name, f"connection lost in the middle of the answer ({what})")
+
+
+async def open_exchange(
+    candidates: Sequence[Upstream],
+    method: str,
+    path: str,
+    body: bytes | None,
+    *,
+    facts: RequestFacts,
+    timeouts: Timeouts,
+    read_timeout: float | None,
+    metrics: Metrics,
+    headers: dict[str, str] | None = None,
+) -> Exchange:
+    """Send under a slot of the first candidate that can be reached; a connection that fails before
+    any byte was sent is tried once more, on the next candidate (or the same one when it is alone).
+
+    `read_timeout` bounds each wait for data; the total time limit bounds the whole request.
+    Raises UpstreamUnavailable, UpstreamFailed, UpstreamTimeout, UpstreamHTTPError or Busy.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeouts.total if timeouts.total else None
+    request_headers = {"Content-Type": "application/json"} if body is not None else {}
+    # A short suffix: a client that reuses its request id cannot make two requests collide upstream.
+    request_headers["X-Request-ID"] = f"{facts.request_id}-{secrets.token_hex(4)}"
+    if headers:
+        request_headers.update(headers)
+    attempts = [candidates[0], candidates[1] if len(candidates) > 1 else candidates[0]]
+    for attempt, upstream in enumerate(attempts):
+        facts.replica = upstream.base_url
+        try:
+            async with asyncio.timeout_at(deadline):
+                await upstream.limiter.acquire()
+                try:
+                    response = await upstream.send(
+                        method, path, body=body, headers=request_headers, read_timeout=read_timeout
+                    )
+                except BaseException:
+                    upstream.limiter.release()
+                    raise
+        except UpstreamUnavailable as exc:
+            metrics.upstream_errors.labels(facts.backend, "connect").inc()
+            if attempt + 1 < len(attempts):
+                continue
+            raise exc from None
+        except TimeoutError:
+            metrics.upstream_errors.labels(facts.backend, "timeout").inc()
+            raise UpstreamTimeout(upstream.name, f"total time limit of {timeouts.total:g} s reached") from None
+        except OllamaError as exc:
+            if exc.status >= 500:
+                kind = "timeout" if exc.status == 504 else f"http_{exc.status}"
+                metrics.upstream_errors.labels(facts.backend, kind).inc()
+            raise
+        exchange = Exchange(upstream, response, timeouts)
+        exchange.start_deadline(deadline)
+        return exchange
+    raise AssertionError("unreachable")
+
+
+# ---- the /api path: vLLM's SSE translated into Ollama chunks -------------------------------------
+
+
+async def ollama_chunks(
+    exchange: Exchange,
+    translator: StreamTranslator,
+    timing: Timing,
+    facts: RequestFacts,
+    metrics: Metrics,
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Ollama chunks for vLLM's events, a list per network read, the final chunk last.
+
+    A stream that stops before vLLM said why it stopped (no finish_reason, no [DONE]) was cut off:
+    it ends with an error, never with `done: true`, so no client takes half an answer for a whole.
+    """
+    events = SSEEvents(exchange.response, exchange.upstream.name)
+    try:
+        async for batch in events:
+            if not timing.first:
+                # vLLM sends its first event once the prompt is processed and the first token out.
+                timing.first = time.perf_counter_ns()
+                metrics.ttft.labels(facts.endpoint, facts.backend).observe((timing.first - timing.start) / 1e9)
+            created = rfc3339_utc()
+            out = [chunk for event in batch for chunk in translator.feed(event, created)]
+            if out:
+                yield out
+    except STREAM_ERRORS as exc:
+        raise exchange.failure(exc) from None
+    if exchange.expired:
+        raise exchange.failure()
+    if not (events.done or translator.complete):
+        raise UpstreamFailed(exchange.upstream.name, "the answer ended before it was complete")
+    timing.end = time.perf_counter_ns()
+    usage = translator.usage
+    if usage:
+        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        facts.count_tokens(prompt, completion)
+        metrics.prompt_tokens.labels(facts.model_label, facts.backend).inc(prompt)
+        metrics.completion_tokens.labels(facts.model_label, facts.backend).inc(completion)
+    yield translator.final(rfc3339_utc(), timing)
+
+
+# ---- pass-through: the upstream's bytes, untouched ------------------------------------------------
+
+
+async def relayed_bytes(exchange: Exchange) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in exchange.response.aiter_raw():
+            if chunk:
+                yield chunk
+    except STREAM_ERRORS as exc:
+        raise exchange.failure(exc) from None
+    if exchange.expired:
+        raise exchange.failure()
+
+
+async def whole_body(exchange: Exchange) -> bytes:
+    """A non-streamed answer read whole (bounded by the total time limit), so a failure while
+    reading it still becomes a proper error status."""
+    try:
+        body = await exchange.response.aread()
+    except STREAM_ERRORS as exc:
+        raise exchange.failure(exc) from None
+    if exchange.expired:
+        raise exchange.failure()
+    return body
