@@ -51,8 +51,10 @@ class OllamaStandin:
     def _find(self, name: str | None) -> str | None:
         if not name:
             return None
+        # Ollama looks names up case-insensitively, `:latest` implied.
+        wanted = name.lower().removesuffix(":latest")
         for m in self.models:
-            if m == name or m == f"{name}:latest":
+            if m.lower().removesuffix(":latest") == wanted:
                 return m
         return None
 
@@ -262,6 +264,19 @@ class OllamaStandin:
         }
         return self._json(resp)
 
+    async def anthropic_messages(self, request: Request) -> Response:
+        body = await self._record(request)
+        message = {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model"),
+            "content": [{"type": "text", "text": "I see a cat"}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": 5, "output_tokens": 4},
+        }
+        return self._json(message)
+
     def app(self) -> Starlette:
         return Starlette(
             routes=[
@@ -282,5 +297,6 @@ class OllamaStandin:
                 Route("/api/blobs/{digest}", self.blobs, methods=["HEAD", "POST"]),
                 Route("/v1/embeddings", self.openai_embeddings, methods=["POST"]),
                 Route("/v1/chat/completions", self.openai_chat, methods=["POST"]),
+                Route("/v1/messages", self.anthropic_messages, methods=["POST"]),
             ]
         )

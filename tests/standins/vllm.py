@@ -29,7 +29,7 @@ class Script:
 
     tokens: list[str] | None = None  # None: "Hello from <model>!" split in tokens
     delay: float = 0.0  # seconds before each token
-    first_delay: float = 0.0  # seconds before the first token (after the role chunk)
+    first_delay: float = 0.0  # seconds to the first event (vLLM sends its role chunk with the first token)
     finish_reason: str = "stop"  # at the end of `tokens` (max_tokens may make it "length")
     tool_calls: list[dict[str, Any]] | None = None  # [{"name":..., "arguments": "<json>"}]
     tool_fragments: int = 3  # how many pieces each call's arguments are streamed in
@@ -56,6 +56,7 @@ class VLLMStandin:
 
     def reset(self) -> None:
         self.script = Script()
+        self.max_model_len = 2048
         self.requests.clear()
         self.cancelled = self.completed = 0
 
@@ -257,10 +258,10 @@ class VLLMStandin:
         self.active += 1
         finished = False
         try:
-            if chat:
-                yield event([piece({"role": "assistant", "content": ""})])
             if script.first_delay:
                 await asyncio.sleep(script.first_delay)
+            if chat:
+                yield event([piece({"role": "assistant", "content": ""})])
             for r in script.reasoning or []:
                 if script.delay:
                     await asyncio.sleep(script.delay)
@@ -341,6 +342,65 @@ class VLLMStandin:
             if not finished:
                 self.cancelled += 1
 
+    async def tokenize(self, request: Request) -> Response:
+        """vLLM's /tokenize for chat messages: {count, max_model_len, tokens}."""
+        body = orjson.loads(await request.body())
+        self.requests.append({"path": request.url.path, "body": body, "headers": dict(request.headers)})
+        count = self._prompt_tokens(body)
+        answer = {"count": count, "max_model_len": self.max_model_len, "tokens": list(range(count)), "token_strs": None}
+        return Response(orjson.dumps(answer), media_type="application/json")
+
+    async def anthropic_messages(self, request: Request) -> Response:
+        """vLLM's native Anthropic Messages API, as 0.32 answers it (streamed: Anthropic's events)."""
+        body = orjson.loads(await request.body())
+        self.requests.append({"path": request.url.path, "body": body, "headers": dict(request.headers)})
+        if self.script.error_status:
+            return self._error(self.script.error_status, self.script.error_message)
+        tokens, _ = self._tokens(body)
+        if request.url.path.endswith("/count_tokens"):
+            prompt = self._prompt_tokens(body)
+            answer = {"input_tokens": prompt, "context_management": {"original_input_tokens": prompt}}
+            return Response(orjson.dumps(answer), media_type="application/json")
+        message = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:16]}",
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "text", "text": "".join(tokens)}],
+            "model": body.get("model"),
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": self._prompt_tokens(body), "output_tokens": len(tokens)},
+        }
+        if not body.get("stream"):
+            return Response(orjson.dumps(message), media_type="application/json")
+
+        def event(kind: str, data: dict[str, Any]) -> bytes:
+            return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
+
+        async def events():  # type: ignore[no-untyped-def]
+            yield event("message_start", {"message": {**message, "content": []}})
+            yield event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+            for tok in tokens:
+                yield event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": tok}})
+            yield event("content_block_stop", {"index": 0})
+            yield event("message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": message["usage"]})
+            yield event("message_stop", {})
+
+        return StreamingResponse(events(), media_type="text/event-stream; charset=utf-8")
+
+    async def responses(self, request: Request) -> Response:
+        """vLLM's native OpenAI Responses API (non-streamed shape)."""
+        body = orjson.loads(await request.body())
+        self.requests.append({"path": request.url.path, "body": body, "headers": dict(request.headers)})
+        text = "".join(self._tokens(body)[0])
+        answer = {
+            "id": f"resp_{uuid.uuid4().hex[:16]}",
+            "object": "response",
+            "model": body.get("model"),
+            "status": "completed",
+            "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}],
+        }
+        return Response(orjson.dumps(answer), media_type="application/json")
+
     def app(self) -> Starlette:
         return Starlette(
             routes=[
@@ -348,5 +408,9 @@ class VLLMStandin:
                 Route("/health", self.health, methods=["GET"]),
                 Route("/v1/chat/completions", self.completions, methods=["POST"]),
                 Route("/v1/completions", self.completions, methods=["POST"]),
+                Route("/tokenize", self.tokenize, methods=["POST"]),
+                Route("/v1/messages", self.anthropic_messages, methods=["POST"]),
+                Route("/v1/messages/count_tokens", self.anthropic_messages, methods=["POST"]),
+                Route("/v1/responses", self.responses, methods=["POST"]),
             ]
         )
