@@ -584,3 +584,82 @@ def test_client_disconnect_aborts_the_vllm_request(gateway, upstream: httpx.Clie
             return
         time.sleep(1.0)
     pytest.fail(f"vLLM generated {results} tokens after the client disconnected, in every attempt")
+
+
+# ----------------------------------------------------------------------------- truncate (Ollama 0.12.6)
+
+
+def long_history() -> list[dict[str, str]]:
+    """About 4,000 tokens of history (max_model_len is 2048), a system prompt, a short question."""
+    messages = [{"role": "system", "content": "You are terse."}]
+    for i in range(20):
+        messages.append({"role": "user", "content": f"Turn {i}: " + "Hello, world! " * 50})
+        messages.append({"role": "assistant", "content": "Noted."})
+    messages.append({"role": "user", "content": "Say hi."})
+    return messages
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_truncate_drops_old_history_to_fit_the_real_context(client: ollama.Client, stream: bool) -> None:
+    resp = client.chat(MODEL, messages=long_history(), options={"num_predict": 4, "seed": 1}, stream=stream)
+    last = list(resp)[-1] if stream else resp
+    assert last.done
+    # vLLM's own count of the prompt it was given: what fitted, close to the limit, not the whole.
+    assert last.prompt_eval_count is not None and 1024 < last.prompt_eval_count < 2048
+
+
+def test_truncate_false_keeps_the_real_400(gateway) -> None:
+    body = {"model": MODEL, "messages": long_history(), "truncate": False, "stream": False}
+    r = httpx.post(f"{gateway.base_url}/api/chat", json=body, timeout=TIMEOUT)
+    assert r.status_code == 400
+    assert "maximum context length" in r.json()["error"]
+
+
+# ----------------------------------------------------------------------------- /v1/messages and /v1/responses
+
+
+def test_anthropic_messages_through_the_gateway(gateway) -> None:
+    body = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]}
+    r = httpx.post(f"{gateway.base_url}/v1/messages?beta=true", json=body, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["type"] == "message" and answer["role"] == "assistant"
+    assert answer["content"][0]["type"] == "text"
+    assert answer["usage"]["output_tokens"] <= 5
+
+
+def test_anthropic_messages_streamed_events(gateway) -> None:
+    body = {"model": MODEL, "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    with httpx.stream("POST", f"{gateway.base_url}/v1/messages", json=body, timeout=TIMEOUT) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        text = r.read().decode()
+    events = [line.removeprefix("event:").strip() for line in text.splitlines() if line.startswith("event:")]
+    assert events[0] == "message_start" and events[-1] == "message_stop"
+    assert "content_block_delta" in events
+
+
+def test_anthropic_count_tokens(gateway) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hello, world!"}]}
+    r = httpx.post(f"{gateway.base_url}/v1/messages/count_tokens", json=body, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    assert r.json()["input_tokens"] > 0
+
+
+def test_anthropic_unknown_model_is_anthropic_404(gateway) -> None:
+    body = {"model": "no-such-model", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]}
+    r = httpx.post(f"{gateway.base_url}/v1/messages", json=body, timeout=TIMEOUT)
+    assert r.status_code == 404
+    assert r.json()["error"]["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_openai_responses_through_the_gateway(oai: openai.OpenAI, stream: bool) -> None:
+    if stream:
+        events = list(oai.responses.create(model=MODEL, input="Hi", max_output_tokens=16, stream=True))
+        assert events[-1].type == "response.completed"
+        response = events[-1].response
+    else:
+        response = oai.responses.create(model=MODEL, input="Hi", max_output_tokens=16)
+    assert response.object == "response"
+    assert response.output and response.output[0].type == "message"
