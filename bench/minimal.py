@@ -7,9 +7,10 @@ orjson both ways, no validation, routing, metrics or logging. The bench puts it 
 the gateway: the difference between the two rows is what the gateway's features and structure cost.
 
 `--client` picks the upstream HTTP client, to measure what the client library costs on the hot path:
-`httpx` (what the gateway uses), `httpx2` (the pydantic fork, with the connection-pool fixes;
-it is what the `openai` SDK now depends on), `aiohttp`, or `raw` (an asyncio protocol with the
-httptools parser, a pool of idle connections in a list: the floor).
+`httpx`, `httpx2` (the pydantic fork, with the connection-pool fixes; it is what the `openai` SDK now
+depends on, and is not a dependency of this project: install it to compare), `aiohttp` (what the
+gateway uses, and the bench's `minimal-aiohttp` row), or `raw` (an asyncio protocol with the httptools
+parser, a pool of idle connections in a list: the floor).
 """
 
 from __future__ import annotations
