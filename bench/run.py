@@ -316,6 +316,10 @@ def summarise(load: dict[str, Any]) -> dict[str, Any]:
                 "n": p["latency"]["n"],
                 "errors": p["errors"],
                 "incomplete": p["incomplete"],
+                # What a whole answer costs the proxy: the gateway asks vLLM for a stream and folds it.
+                "proxy_cpu_ms_per_request": round(p["cpu_s"]["proxy"] / p["requests"] * 1000, 4)
+                if p["requests"] and "proxy" in p["cpu_s"]
+                else None,
             }
             for p in nonstream
         ],
@@ -478,6 +482,7 @@ def table(result: dict[str, Any]) -> str:
     for c in sorted({x["concurrency"] for x in (base or s[names[0]])["nonstream"]}):
         row(f"non-stream latency c={c} p50 ms", ns(c, "p50_ms"), "added")
         row(f"non-stream latency c={c} p99 ms", ns(c, "p99_ms"), "added")
+        row(f"non-stream proxy CPU ms per request c={c}", ns(c, "proxy_cpu_ms_per_request"), "", 4)
     row("time to first chunk c=1 p50 ms", lambda t: t["ttft"] and t["ttft"]["p50_ms"], "added")
     row("time to first chunk c=1 p99 ms", lambda t: t["ttft"] and t["ttft"]["p99_ms"], "added")
     for c in sorted({x["concurrency"] for x in (base or s[names[0]])["stream"]}):
