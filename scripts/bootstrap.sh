@@ -8,8 +8,10 @@ if [ ! -x "$root/.venv/bin/python" ]; then
   echo "== creating $root/.venv"
   "$python" -m venv "$root/.venv"
 fi
-stamp="$root/.venv/.installed-$(sha256sum "$root/pyproject.toml" | cut -c1-16)-${1:-run}"
-if [ ! -f "$stamp" ]; then
+stamps="$root/.venv/.installed-$(sha256sum "$root/pyproject.toml" | cut -c1-16)"
+stamp="$stamps-${1:-run}"
+# The test extras are a superset of a plain install: after scripts/test.sh, serve.sh installs nothing.
+if [ ! -f "$stamp" ] && { [ -n "${1:-}" ] || [ ! -f "$stamps-test" ]; }; then
   echo "== installing vllm-ollama-adapter ${1:+[$1]} into .venv"
   "$root/.venv/bin/pip" install --quiet --disable-pip-version-check -e "$root${1:+[$1]}"
   touch "$stamp"

@@ -180,7 +180,9 @@ def _kill_group(pgid: int, sig: int) -> None:
 
 def explain_failure(log_text: str, returncode: int | None) -> str | None:
     """The likely reason a vLLM CPU server stopped, from its exit status and log; None if unknown."""
-    if "less than desired CPU memory utilization" in log_text or "No available memory for the cache" in log_text:
+    # vLLM 0.32 CPU: "Available memory on node 0 (x/y GiB) on kv cache allocation is less than requested
+    # memory for kv" (or "... on startup is less than desired CPU memory utilization").
+    if "Available memory on node" in log_text or "No available memory for the cache" in log_text:
         return "not enough free memory: vLLM could not reserve its KV cache (it needs about 2.5 GB free RAM)"
     if returncode == -signal.SIGKILL or "died unexpectedly" in log_text:
         return (
