@@ -4,8 +4,9 @@ The examples are taken from ```bash / ```sh / ```shell blocks: each command that
 `curl` and targets `localhost:11434` (continuation lines and multi-line quoted bodies included).
 Only the host is rewritten, to the test gateway; the command then runs under bash exactly as a
 user would paste it. The README therefore cannot drift from the product: an example that stops
-working fails here. The examples run against their own gateway whose vLLM stand-in serves `tiny`
-plus the served model names docker-compose.vllm.yml defaults to (`*_SERVED_MODEL_NAME`, e.g.
+working fails here. The examples run against their own gateway whose vLLM stand-in serves the model
+./scripts/serve.sh embeds (`smollm2:135m`, named by scripts/engine/vllm_server.py), `tiny` (the test
+tier's), and the served model names docker-compose.vllm.yml defaults to (`*_SERVED_MODEL_NAME`, e.g.
 `qwen2.5:7b-instruct`), and whose Ollama Vision stand-in serves `llava:7b` and `nomic-embed-text`:
 examples must use those models (and a real base64 image, if any).
 
@@ -15,11 +16,13 @@ only adds `--write-out` to stderr; stdout is the example's own output.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +152,17 @@ def curl_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+def embedded_model_name() -> str:
+    """The model ./scripts/serve.sh serves when no vLLM is named (the README's first command)."""
+    name = "scripts_engine_vllm_server"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "engine" / "vllm_server.py")
+        assert spec is not None and spec.loader is not None
+        sys.modules[name] = importlib.util.module_from_spec(spec)  # its dataclasses look themselves up there
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name].SMOLLM2.served_name
+
+
 def deployment_model_names() -> list[str]:
     """The names the documented deployment serves (compose defaults of *_SERVED_MODEL_NAME)."""
     if not COMPOSE.exists():
@@ -158,7 +172,7 @@ def deployment_model_names() -> list[str]:
 
 @pytest.fixture(scope="module")
 def readme_upstreams() -> Iterator[tuple[str, VLLMStandin, OllamaStandin]]:
-    vllm = VLLMStandin(models=["tiny", *deployment_model_names()])
+    vllm = VLLMStandin(models=["tiny", embedded_model_name(), *deployment_model_names()])
     vision = OllamaStandin()
     with ServerThread(vllm.app()) as v, ServerThread(vision.app()) as o:
         with running_gateway(make_settings(v.url, o.url)) as url:
