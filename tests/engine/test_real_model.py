@@ -11,6 +11,9 @@ assert properties of the answers, never their prose.
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -154,3 +157,37 @@ def test_show_reports_the_served_context_length(client: ollama.Client, upstream:
     assert info.modelinfo[f"{arch}.context_length"] == 2048, info.modelinfo
     listed = {m.model for m in client.list().models}
     assert MODEL in listed, listed
+
+
+def readme_examples_for_the_embedded_model() -> list[Any]:
+    """The curl lines of README's "Try it" that ./scripts/serve.sh alone answers (not the Ollama Vision ones)."""
+    from tests.clients.test_readme_curl import EXAMPLES, README
+
+    lines = README.read_text().splitlines()
+    start = lines.index("## Try it") + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return [e for e in EXAMPLES if start < e.line <= end and (MODEL in e.command or '"model"' not in e.command)]
+
+
+@pytest.mark.parametrize("example", readme_examples_for_the_embedded_model(), ids=str)
+def test_readme_try_it_lines_run_as_written(example: Any, real_gateway, tmp_path) -> None:
+    """What the README promises a new user: its lines, unchanged but for the port, against the real
+    model served exactly as serve.sh serves it (its default sampling included: no num_predict)."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl not installed: the README lines were NOT run against the real model")
+    from tests.clients.test_readme_curl import STATUS_MARK, TARGET, check_output
+
+    (tmp_path / ".curlrc").write_text(f'no-progress-meter\nwrite-out = "%{{stderr}}{STATUS_MARK}%{{http_code}}\\n"\n')
+    command = TARGET.sub(real_gateway.base_url.removeprefix("http://"), example.command)
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "CURL_HOME": str(tmp_path), "HOME": str(tmp_path)},
+    )
+    context = f"{example}\n$ {command}\n--- stdout\n{done.stdout[-2000:]}\n--- stderr\n{done.stderr[-2000:]}"
+    assert done.returncode == 0, context
+    statuses = re.findall(STATUS_MARK + r"(\d+)", done.stderr)
+    assert statuses and all(int(s) < 400 for s in statuses), context
+    check_output(example, done.stdout)
