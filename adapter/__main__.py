@@ -1,21 +1,22 @@
-"""`python -m adapter` / `vllm-ollama-adapter`: parse flags, load settings, run uvicorn."""
+"""`python -m adapter` / `vllm-ollama-adapter`: parse flags, load settings, run uvicorn (one process or
+ADAPTER_WORKERS of them on one port); `canary-check MODEL` smoke-tests a canary."""
 
 from __future__ import annotations
 
 import argparse
-import atexit
-import ctypes
-import ctypes.util
-import logging
-import logging.handlers
+import asyncio
+import contextlib
 import os
-import queue
 import sys
+import tempfile
+from collections.abc import Iterator
+from typing import Any
 
 from pydantic import ValidationError
 
-from adapter.catalog import CatalogError
+from adapter.catalog import Catalog, CatalogError, load_catalog
 from adapter.config import Settings, describe_validation_error
+from adapter.process import prepare
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,90 +32,149 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--vision-url", help="Ollama Vision's URL (env VISION_OLLAMA_URL, default http://localhost:11435)"
     )
     parser.add_argument("--models-file", help="YAML model catalog (env ADAPTER_MODELS_FILE)")
+    parser.add_argument("--workers", type=int, help="worker processes on one port (env ADAPTER_WORKERS, default 1)")
+    parser.epilog = "Also: vllm-ollama-adapter canary-check MODEL (see canary-check --help)."
     return parser.parse_args(argv)
 
 
+FLAG_VARIABLES = {
+    "host": "ADAPTER_HOST",
+    "port": "ADAPTER_PORT",
+    "vllm_url": "VLLM_BASE_URL",
+    "vision_url": "VISION_OLLAMA_URL",
+    "models_file": "ADAPTER_MODELS_FILE",
+    "workers": "ADAPTER_WORKERS",
+}
+
+
 def load_settings(args: argparse.Namespace) -> Settings:
-    overrides = {
-        "adapter_host": args.host,
-        "adapter_port": args.port,
-        "vllm_base_url": args.vllm_url,
-        "vision_ollama_url": args.vision_url,
-        "adapter_models_file": args.models_file,
-    }
+    overrides = {variable.lower(): getattr(args, flag) for flag, variable in FLAG_VARIABLES.items()}
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_BIG_BUFFER = 128 * 1024
+def check_backend_clashes(settings: Settings, catalog: Catalog) -> str | None:
+    """A model two catalog backends both serve, unless the catalog names it: found at start, by
+    asking each backend once (bounded by the connect timeout; backends that are down are skipped)."""
+    if not catalog.backends:
+        return None  # VLLM_BASE_URL's servers are one backend: servers listing one model are replicas
+
+    async def ask() -> dict[str, tuple[str, ...]]:
+        from adapter.gateway import Gateway
+        from adapter.metrics import Metrics
+
+        gateway = Gateway(settings, Metrics(), catalog)
+        try:
+            await asyncio.wait_for(gateway.router.refresh(vision=False), settings.adapter_connect_timeout + 1)
+        except TimeoutError:
+            pass
+        finally:
+            await gateway.aclose()
+        return gateway.router.clashes
+
+    clashes = asyncio.run(ask())
+    if not clashes:
+        return None
+    model, owners = next(iter(clashes.items()))
+    return (
+        f"ADAPTER_MODELS_FILE: model {model!r} is served by backends {', '.join(repr(o) for o in owners)}; "
+        "name it in the catalog (models: - name: ..., backend: ...) to say which one answers"
+    )
 
 
-def return_big_buffers_to_the_system() -> None:
-    """Keep RSS flat under large request bodies.
-
-    glibc raises its mmap threshold each time a large block is freed, so after a few multi-megabyte
-    bodies (images, long prompts) later ones come from the heap, where freed memory stays with the
-    process: measured here, 16 concurrent 4 MB bodies left RSS at 144 MB instead of 81 MB after the
-    load. A fixed threshold keeps every buffer over 128 KiB in its own mapping, given back when freed.
-    """
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return
-    try:
-        mallopt = ctypes.CDLL(libc_name).mallopt
-    except (OSError, AttributeError):
-        return  # not glibc (musl has no mallopt): nothing to tune
-    mallopt(_M_MMAP_THRESHOLD, _BIG_BUFFER)
-    mallopt(_M_TRIM_THRESHOLD, _BIG_BUFFER)
-
-
-def configure_logging(level: str) -> None:
-    """Log records go through a queue to a writer thread: no blocking write on the event loop,
-    whatever stderr is connected to (a slow terminal, a full pipe)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    log_queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(log_queue, handler, respect_handler_level=True)
-    listener.start()
-    atexit.register(listener.stop)
-    root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(log_queue)]
-    root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
-
-
-def main(argv: list[str] | None = None) -> None:
+def serve(argv: list[str] | None) -> None:
     args = parse_args(argv)
     try:
         settings = load_settings(args)
-        from adapter.app import create_app
-
-        app = create_app(settings)
+        catalog = load_catalog(settings.adapter_models_file) if settings.adapter_models_file else Catalog()
     except ValidationError as exc:
         sys.exit(f"vllm-ollama-adapter: invalid settings: {describe_validation_error(exc)}")
     except CatalogError as exc:
         sys.exit(f"vllm-ollama-adapter: {exc}")
+    clash = check_backend_clashes(settings, catalog)
+    if clash:
+        sys.exit(f"vllm-ollama-adapter: {clash}")
 
     import uvicorn
 
-    return_big_buffers_to_the_system()
-    configure_logging(settings.adapter_log_level)
+    prepare(settings.adapter_log_level)
+    common: dict[str, Any] = {
+        "host": settings.adapter_host,
+        "port": settings.adapter_port,
+        "log_level": settings.adapter_log_level,
+        "log_config": None,  # keep the queue-based handlers set up in prepare()
+        "access_log": False,  # the gateway writes its own structured access line
+        "timeout_graceful_shutdown": 5,
+        "server_header": False,
+    }
     try:
-        uvicorn.run(
-            app,
-            host=settings.adapter_host,
-            port=settings.adapter_port,
-            log_level=settings.adapter_log_level,
-            log_config=None,  # keep the queue-based handlers set up above
-            access_log=False,  # the gateway writes its own structured access line
-            timeout_graceful_shutdown=5,
-            server_header=False,
-        )
+        if settings.adapter_workers == 1:
+            from adapter.app import create_app
+
+            uvicorn.run(create_app(settings, catalog), **common)
+        else:
+            export_settings(args)
+            with metrics_shared_between_workers():
+                uvicorn.run(
+                    "adapter.app:app_from_environment", factory=True, workers=settings.adapter_workers, **common
+                )
     except OSError as exc:  # port taken, address not available
         sys.exit(f"vllm-ollama-adapter: cannot listen on {settings.adapter_host}:{settings.adapter_port}: {exc}")
+
+
+def export_settings(args: argparse.Namespace) -> None:
+    """Worker processes read their settings from the environment: the flags go there too."""
+    for flag, variable in FLAG_VARIABLES.items():
+        value = getattr(args, flag)
+        if value is not None:
+            os.environ[variable] = str(value)
+
+
+@contextlib.contextmanager
+def metrics_shared_between_workers() -> Iterator[None]:
+    """prometheus-client's multiprocess mode: each worker writes its values under one directory,
+    and /metrics, whichever worker answers it, sums them."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="vllm-ollama-adapter-metrics-") as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        try:
+            yield
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def canary_check(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="vllm-ollama-adapter canary-check",
+        description="Send real requests (chat, streamed chat, format, tools) to MODEL's canary backend "
+        "through the gateway's own translation; exit 1 naming what failed.",
+    )
+    parser.add_argument("model", help="a model whose ADAPTER_MODELS_FILE entry names a canary")
+    parser.add_argument("--models-file", help="YAML model catalog (env ADAPTER_MODELS_FILE)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    args = parser.parse_args(argv)
+    try:
+        overrides = {"adapter_models_file": args.models_file} if args.models_file else {}
+        settings = Settings(**overrides)
+        if settings.adapter_models_file is None:
+            sys.exit("canary-check: no catalog: set ADAPTER_MODELS_FILE or --models-file")
+        catalog = load_catalog(settings.adapter_models_file)
+    except ValidationError as exc:
+        sys.exit(f"canary-check: invalid settings: {describe_validation_error(exc)}")
+    except CatalogError as exc:
+        sys.exit(f"canary-check: {exc}")
+    from adapter.canary import run
+
+    sys.exit(run(args.model, settings, catalog, args.timeout))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["canary-check"]:
+        canary_check(argv[1:])
+    else:
+        serve(argv)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,9 +23,35 @@ from adapter.errors import OllamaError, error_response, response_for
 from adapter.gateway import Gateway
 from adapter.metrics import Metrics
 from adapter.middleware import GatewayMiddleware
+from adapter.process import prepare
 from adapter.routes import chat_generate, models, openai_compat, ops, passthrough
 
 log = logging.getLogger("adapter")
+
+
+def reload_on_hangup(gateway: Gateway, path: Path | None) -> bool:
+    """SIGHUP reloads ADAPTER_MODELS_FILE. Signals reach only the main thread's loop (tests run
+    apps in other threads): whether the handler is installed."""
+    if path is None or threading.current_thread() is not threading.main_thread():
+        return False
+    loop = asyncio.get_running_loop()
+
+    def hangup() -> None:
+        gateway.spawn(gateway.reload(path))
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, hangup)
+    except (NotImplementedError, RuntimeError):
+        return False
+    return True
+
+
+def app_from_environment() -> Starlette:
+    """The app each worker process builds (ADAPTER_WORKERS > 1): settings from the environment the
+    main process validated and completed."""
+    settings = Settings()
+    prepare(settings.adapter_log_level)
+    return create_app(settings)
 
 
 def routes() -> list[Route]:
@@ -73,7 +103,11 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(500, f"internal error: {type(exc).__name__}")
 
 
-def create_app(settings: Settings | None = None, catalog: Catalog | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None, catalog: Catalog | None = None, *, force_canary: bool = False
+) -> Starlette:
+    """The gateway as an ASGI app. `force_canary` (canary-check only): every request for a model
+    with a canary goes to the canary backend."""
     settings = settings or Settings()
     if catalog is None and settings.adapter_models_file is not None:
         catalog = load_catalog(settings.adapter_models_file)
@@ -82,12 +116,15 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        gateway = Gateway.create(settings, metrics, catalog)
+        gateway = Gateway(settings, metrics, catalog, workers=settings.adapter_workers, force_canary=force_canary)
         app.state.gateway = gateway
         gateway.monitor.start()
+        listening = reload_on_hangup(gateway, settings.adapter_models_file)
         try:
             yield
         finally:
+            if listening:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await gateway.aclose()
 
     app = Starlette(

@@ -1,12 +1,15 @@
-"""The optional model catalog (ADAPTER_MODELS_FILE): which names exist, where each is served.
+"""The optional model catalog (ADAPTER_MODELS_FILE): the vLLM backends, which names exist, where each
+is served, canaries and fallbacks.
 
-Validated once at start; a wrong entry stops the gateway with a message naming entry and field.
+Validated at start (and on every reload); a wrong entry stops the gateway (or, on a reload, is refused
+while the old catalog keeps serving) with a message naming the entry and the field.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -22,8 +25,55 @@ FIM_TEMPLATES: dict[str, tuple[str, str, str]] = {
 }
 
 
+# The backends every gateway has: VLLM_BASE_URL's servers, and Ollama Vision.
+DEFAULT_BACKEND = "vllm"
+OLLAMA_BACKEND = "ollama"
+
+
 class CatalogError(ValueError):
     pass
+
+
+def check_http_url(value: str, what: str, *, openai_base: bool = True) -> str:
+    """An http(s) URL with a host and a valid port, without a trailing slash; an OpenAI base URL
+    (`openai_base`) also without `/v1`, which people paste and the gateway adds itself."""
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{what} must be an http(s) URL such as http://localhost:8000, got {value!r}")
+    try:
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError as exc:
+        raise ValueError(f"{what} has an invalid port: {value!r}") from exc
+    value = value.rstrip("/")
+    return value.removesuffix("/v1") if openai_base else value
+
+
+class BackendSpec(BaseModel):
+    """A vLLM backend: the servers (replicas) of one model group, or a cluster router's URL."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    replicas: tuple[str, ...] = Field(min_length=1)
+    api_key: str | None = None  # sent as `Authorization: Bearer` (vLLM's --api-key)
+    max_inflight: int | None = Field(None, ge=1)  # per replica; default ADAPTER_MAX_INFLIGHT
+
+    @field_validator("replicas")
+    @classmethod
+    def _urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        urls = tuple(check_http_url(url, "a replica") for url in value)
+        if len(set(urls)) != len(urls):
+            raise ValueError("the same replica URL is listed twice")
+        return urls
+
+
+class Canary(BaseModel):
+    """Send `share` percent of a model's requests to another backend (a roll-forward's canary)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: str
+    share: float = Field(ge=0, le=100)
 
 
 class ModelEntry(BaseModel):
@@ -31,7 +81,8 @@ class ModelEntry(BaseModel):
 
     name: str = Field(min_length=1)
     aliases: tuple[str, ...] = ()
-    backend: Literal["vllm", "ollama"] = "vllm"
+    # "vllm" (VLLM_BASE_URL's servers), "ollama" (Ollama Vision), or a name from `backends`.
+    backend: str = DEFAULT_BACKEND
     upstream: str | None = None  # the backend's own model id; defaults to `name`
     context_length: int | None = Field(None, gt=0)
     capabilities: tuple[Capability, ...] | None = None
@@ -39,6 +90,7 @@ class ModelEntry(BaseModel):
     fim: str | None = None
     family: str | None = None
     request_defaults: dict[str, Any] = Field(default_factory=dict)
+    canary: Canary | None = None
     # Mark every tool `strict` for vLLM, so arguments follow the tool's schema. Ollama's API (and its
     # clients' tool types) cannot say `strict`; without it vLLM constrains only the call's envelope.
     strict_tools: bool = False
@@ -51,9 +103,12 @@ class ModelEntry(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _fallback_only_for_vllm(self) -> ModelEntry:
-        if self.fallback and self.backend != "vllm":
-            raise ValueError("fallback is only meaningful for backend: vllm")
+    def _vllm_only(self) -> ModelEntry:
+        if self.backend == OLLAMA_BACKEND:
+            if self.fallback:
+                raise ValueError("fallback is only meaningful for a vLLM backend")
+            if self.canary:
+                raise ValueError("canary is only meaningful for a vLLM backend")
         return self
 
     @property
@@ -64,12 +119,22 @@ class ModelEntry(BaseModel):
 class Catalog(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    backends: dict[str, BackendSpec] = Field(default_factory=dict)
     models: list[ModelEntry] = Field(default_factory=list)
     # Discover models the file does not list (from vLLM's /v1/models and Ollama Vision's /api/tags).
     discover: bool = True
 
+    @field_validator("backends")
+    @classmethod
+    def _reserved(cls, value: dict[str, BackendSpec]) -> dict[str, BackendSpec]:
+        for name in value:
+            if name in (DEFAULT_BACKEND, OLLAMA_BACKEND) or not name.strip():
+                raise ValueError(f"backend name {name!r} is reserved (vllm is VLLM_BASE_URL, ollama is Ollama Vision)")
+        return value
+
     @model_validator(mode="after")
-    def _unique_names(self) -> Catalog:
+    def _consistent(self) -> Catalog:
+        known = (DEFAULT_BACKEND, OLLAMA_BACKEND, *self.backends)
         seen: dict[str, str] = {}
         for entry in self.models:
             for name in (entry.name, *entry.aliases):
@@ -77,6 +142,18 @@ class Catalog(BaseModel):
                 if key in seen:
                     raise ValueError(f"name {name!r} of model {entry.name!r} is already used by model {seen[key]!r}")
                 seen[key] = entry.name
+            if entry.backend not in known:
+                raise ValueError(
+                    f"model {entry.name!r}, field 'backend': unknown backend {entry.backend!r} "
+                    f"(known: {', '.join(known)})"
+                )
+            if entry.canary is not None:
+                if entry.canary.backend not in known or entry.canary.backend == OLLAMA_BACKEND:
+                    raise ValueError(
+                        f"model {entry.name!r}, field 'canary.backend': unknown vLLM backend {entry.canary.backend!r}"
+                    )
+                if entry.canary.backend == entry.backend:
+                    raise ValueError(f"model {entry.name!r}, field 'canary.backend': the model's own backend")
         return self
 
 
@@ -108,11 +185,14 @@ def _describe(exc: ValidationError, raw: dict[str, Any]) -> str:
     for err in exc.errors():
         loc = list(err.get("loc", ()))
         where = ".".join(str(p) for p in loc) or "catalog"
-        if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+        if len(loc) >= 2 and loc[0] == "backends":
+            where = f"backend {loc[1]!r}, field {'.'.join(str(p) for p in loc[2:]) or 'entry'!r}"
+        elif len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
             models = raw.get("models") or []
             entry = models[loc[1]] if loc[1] < len(models) else {}
             label = entry.get("name") if isinstance(entry, dict) else None
             field = ".".join(str(p) for p in loc[2:]) or "entry"
             where = f"model #{loc[1] + 1}" + (f" ({label!r})" if label else "") + f", field {field!r}"
-        problems.append(f"{where}: {str(err.get('msg')).removeprefix('Value error, ')}")
+        message = str(err.get("msg")).removeprefix("Value error, ")
+        problems.append(f"{where}: {message}" if loc else message)
     return "; ".join(problems)

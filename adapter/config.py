@@ -8,22 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-
-def _check_http_url(value: str, name: str) -> str:
-    value = value.strip()
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{name} must be an http(s) URL such as http://localhost:8000, got {value!r}")
-    try:
-        parts.port  # noqa: B018  (raises ValueError on a bad port)
-    except ValueError as exc:
-        raise ValueError(f"{name} has an invalid port: {value!r}") from exc
-    return value.rstrip("/")
+from adapter.catalog import check_http_url
 
 
 def parse_aliases(raw: str | dict[str, str] | None) -> dict[str, str]:
@@ -51,7 +40,7 @@ class Settings(BaseSettings):
     adapter_host: str = "127.0.0.1"
     adapter_port: int = Field(11434, ge=1, le=65535)
 
-    # Upstreams.
+    # Upstreams. VLLM_BASE_URL may list several servers, comma-separated.
     vllm_base_url: str = "http://localhost:8000"
     vllm_api_key: SecretStr | None = None
     vision_ollama_url: str = "http://localhost:11435"
@@ -82,19 +71,30 @@ class Settings(BaseSettings):
     adapter_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     adapter_max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     adapter_log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Worker processes on one port; limits (ADAPTER_MAX_INFLIGHT, ADAPTER_MAX_QUEUE) are divided between them.
+    adapter_workers: int = Field(1, ge=1, le=64)
     adapter_access_log: bool = True
 
     @field_validator("vllm_base_url")
     @classmethod
     def _vllm_url(cls, value: str) -> str:
-        value = _check_http_url(value, "VLLM_BASE_URL")
-        # People paste the OpenAI base URL; we add /v1 ourselves.
-        return value.removesuffix("/v1")
+        urls = [check_http_url(url, "VLLM_BASE_URL") for url in value.split(",") if url.strip()]
+        if not urls:
+            raise ValueError("VLLM_BASE_URL names no server; give an http(s) URL such as http://localhost:8000")
+        if len(set(urls)) != len(urls):
+            raise ValueError("VLLM_BASE_URL lists the same server twice")
+        return ",".join(urls)
 
     @field_validator("vision_ollama_url")
     @classmethod
     def _vision_url(cls, value: str) -> str:
-        return _check_http_url(value, "VISION_OLLAMA_URL")
+        return check_http_url(value, "VISION_OLLAMA_URL", openai_base=False)
+
+    @property
+    def vllm_base_urls(self) -> list[str]:
+        """VLLM_BASE_URL's servers: each is asked which models it serves (several listing one model
+        are its replicas)."""
+        return self.vllm_base_url.split(",")
 
     @field_validator("model_aliases", mode="before")
     @classmethod

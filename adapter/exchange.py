@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from adapter.balancing import Replica
 from adapter.context import RequestFacts
 from adapter.errors import OllamaError, UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
 from adapter.metrics import Metrics
@@ -79,7 +80,7 @@ class Exchange:
 
 
 async def open_exchange(
-    candidates: Sequence[Upstream],
+    candidates: Sequence[Replica],
     method: str,
     path: str,
     body: bytes | None,
@@ -90,11 +91,13 @@ async def open_exchange(
     metrics: Metrics,
     headers: dict[str, str] | None = None,
 ) -> Exchange:
-    """Send under a slot of the first candidate that can be reached; a connection that fails before
-    any byte was sent is tried once more, on the next candidate (or the same one when it is alone).
+    """Send under a slot of the first candidate that can be reached. A connection that fails before
+    any byte was sent is tried once more, on the next candidate (or the same one when it is alone);
+    the replica is marked unreachable at once, so the next requests skip it.
 
     `read_timeout` bounds each wait for data; the total time limit bounds the whole request.
-    Raises UpstreamUnavailable, UpstreamFailed, UpstreamTimeout, UpstreamHTTPError or Busy.
+    Raises UpstreamUnavailable (naming the model and the replicas tried), UpstreamFailed,
+    UpstreamTimeout, UpstreamHTTPError or Busy.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeouts.total if timeouts.total else None
@@ -104,7 +107,9 @@ async def open_exchange(
     if headers:
         request_headers.update(headers)
     attempts = [candidates[0], candidates[1] if len(candidates) > 1 else candidates[0]]
-    for attempt, upstream in enumerate(attempts):
+    failures: list[str] = []
+    for attempt, replica in enumerate(attempts):
+        upstream = replica.upstream
         facts.replica = upstream.base_url
         try:
             async with asyncio.timeout_at(deadline):
@@ -117,18 +122,22 @@ async def open_exchange(
                     upstream.limiter.release()
                     raise
         except UpstreamUnavailable as exc:
-            metrics.upstream_errors.labels(facts.backend, "connect").inc()
+            metrics.upstream_errors.labels(replica.backend, upstream.base_url, "connect").inc()
+            replica.health.mark_unreachable(exc.message, upstream.name)
+            failures.append(exc.message.removeprefix(f"{upstream.name} is unavailable: "))
             if attempt + 1 < len(attempts):
                 continue
-            raise exc from None
+            tried = "; ".join(dict.fromkeys(failures))
+            raise UpstreamUnavailable(upstream.name, f"model '{facts.model}': {tried}") from None
         except TimeoutError:
-            metrics.upstream_errors.labels(facts.backend, "timeout").inc()
+            metrics.upstream_errors.labels(replica.backend, upstream.base_url, "timeout").inc()
             raise UpstreamTimeout(upstream.name, f"total time limit of {timeouts.total:g} s reached") from None
         except OllamaError as exc:
             if exc.status >= 500:
                 kind = "timeout" if exc.status == 504 else f"http_{exc.status}"
-                metrics.upstream_errors.labels(facts.backend, kind).inc()
+                metrics.upstream_errors.labels(replica.backend, upstream.base_url, kind).inc()
             raise
+        metrics.replica_requests.labels(replica.backend, upstream.base_url).inc()
         exchange = Exchange(upstream, response, timeouts)
         exchange.start_deadline(deadline)
         return exchange

@@ -1,15 +1,22 @@
-"""Prometheus metrics, one registry per app (tests build many apps in one process)."""
+"""Prometheus metrics, one registry per app (tests build many apps in one process).
+
+With several worker processes (ADAPTER_WORKERS), prometheus-client's multiprocess mode keeps each
+worker's values in files under PROMETHEUS_MULTIPROC_DIR, and /metrics sums them: counters and
+histograms add up, the in-flight and queue gauges add up over the live workers.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-if TYPE_CHECKING:
-    from adapter.limits import Limiter
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+def multiprocess() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
 class Metrics:
@@ -31,7 +38,7 @@ class Metrics:
         )
         self.ttft = Histogram(
             "ollama_adapter_time_to_first_token_seconds",
-            "Time from request to the first generated token sent.",
+            "Time from request to the first generated token from the backend.",
             ["endpoint", "backend"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -45,14 +52,31 @@ class Metrics:
             ["model", "backend"],
             registry=r,
         )
+        self.replica_requests = Counter(
+            "ollama_adapter_replica_requests",
+            "Requests sent to each upstream server, by backend and replica.",
+            ["backend", "replica"],
+            registry=r,
+        )
         self.inflight = Gauge(
-            "ollama_adapter_inflight_requests", "Requests holding an upstream slot.", ["backend"], registry=r
+            "ollama_adapter_inflight_requests",
+            "Requests holding a slot of an upstream server.",
+            ["backend", "replica"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.queued = Gauge(
-            "ollama_adapter_queued_requests", "Requests waiting for an upstream slot.", ["backend"], registry=r
+            "ollama_adapter_queued_requests",
+            "Requests waiting for a slot of an upstream server.",
+            ["backend", "replica"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.upstream_errors = Counter(
-            "ollama_adapter_upstream_errors", "Upstream failures by backend and kind.", ["backend", "kind"], registry=r
+            "ollama_adapter_upstream_errors",
+            "Upstream failures by backend, replica and kind.",
+            ["backend", "replica", "kind"],
+            registry=r,
         )
         self.fallbacks = Counter(
             "ollama_adapter_fallbacks",
@@ -61,7 +85,23 @@ class Metrics:
             registry=r,
         )
 
-    def watch_limiter(self, backend: str, limiter: Limiter) -> None:
-        """Gauges read the limiter when scraped: nothing to update per request."""
-        self.inflight.labels(backend).set_function(lambda: limiter.inflight)
-        self.queued.labels(backend).set_function(lambda: limiter.queued)
+    def limiter_gauges(self, backend: str, replica: str) -> tuple[Gauge, Gauge]:
+        inflight, queued = self.inflight.labels(backend, replica), self.queued.labels(backend, replica)
+        inflight.set(0)
+        queued.set(0)
+        return inflight, queued
+
+    def forget_replica(self, backend: str, replica: str) -> None:
+        """A replica the catalog no longer names leaves no series behind."""
+        for gauge in (self.inflight, self.queued):
+            try:
+                gauge.remove(backend, replica)
+            except KeyError:
+                pass
+
+    def exposition(self) -> bytes:
+        if not multiprocess():
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)

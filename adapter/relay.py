@@ -9,18 +9,19 @@ statuses become the gateway's own errors (see adapter.errors.client_status_for).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from adapter.balancing import Replica
 from adapter.context import facts_of
 from adapter.errors import Dialect
 from adapter.exchange import Exchange, Timeouts, open_exchange, relayed_bytes, whole_body
 from adapter.metrics import Metrics
 from adapter.streaming import NDJSON, StreamResponse, ndjson_error_line, sse_error_event, until_disconnect
-from adapter.upstream import Upstream, UpstreamResponse
+from adapter.upstream import UpstreamResponse
 from vision.proxy import model_rewritten, with_model
 
 # Response headers worth keeping; hop-by-hop and length headers are the server's business.
@@ -30,9 +31,9 @@ STREAM_TYPES = ("application/x-ndjson", "text/event-stream")
 
 @dataclass(frozen=True, slots=True)
 class Relay:
-    """Where and how: the upstream, its time limits, and the dialect errors are spoken in."""
+    """Where and how: the replicas to try (best first), their time limits, the errors' dialect."""
 
-    upstream: Upstream
+    candidates: Sequence[Replica]
     timeouts: Timeouts
     metrics: Metrics
     dialect: Dialect
@@ -55,7 +56,7 @@ async def relay(
 
     async def start() -> tuple[Exchange, bytes | None]:
         exchange = await open_exchange(
-            [how.upstream],
+            how.candidates,
             method,
             path,
             body,

@@ -128,23 +128,34 @@ class Upstream:
         # Tells a stale pooled connection (safe to retry) from a fresh one (the server got the request).
         reuse = aiohttp.TraceConfig(trace_config_ctx_factory=SimpleNamespace)
         reuse.on_connection_reuseconn.append(_mark_reused)
-        self.session = aiohttp.ClientSession(
-            headers=headers,
-            connector=aiohttp.TCPConnector(
+
+        def session(connector: aiohttp.TCPConnector, traces: list[aiohttp.TraceConfig]) -> aiohttp.ClientSession:
+            return aiohttp.ClientSession(
+                headers=headers,
+                connector=connector,
+                auth=auth,
+                auto_decompress=False,
+                trust_env=False,  # only the configured upstream is contacted, whatever the environment says
+                raise_for_status=False,
+                trace_configs=traces,
+            )
+
+        self.session = session(
+            aiohttp.TCPConnector(
                 limit=max_connections,
                 limit_per_host=0,
                 keepalive_timeout=4.0,  # under vLLM's 5 s, so we drop idle connections before it does
                 ttl_dns_cache=300,
             ),
-            auth=auth,
-            auto_decompress=False,
-            trust_env=False,  # only the configured upstream is ever contacted, whatever the environment says
-            raise_for_status=False,
-            trace_configs=[reuse],
+            [reuse],
         )
+        # The retry after a dead pooled connection goes out on a connection of its own: never a
+        # second pooled one, which may be just as dead (every pooled connection dies with a restart).
+        self._fresh = session(aiohttp.TCPConnector(limit=0, force_close=True, ttl_dns_cache=300), [])
 
     async def aclose(self) -> None:
         await self.session.close()
+        await self._fresh.close()
 
     def _timeout(self, read_timeout: float | None) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(total=None, connect=self.connect_timeout, sock_read=read_timeout or None)
@@ -179,9 +190,12 @@ class Upstream:
         for attempt in range(attempts):
             trace = SimpleNamespace(reused=False)
             try:
-                raw = await self.session.request(
-                    method, url, data=data, headers=headers, timeout=timeout, trace_request_ctx=trace
-                )
+                if attempt == 0:
+                    raw = await self.session.request(
+                        method, url, data=data, headers=headers, timeout=timeout, trace_request_ctx=trace
+                    )
+                else:
+                    raw = await self._fresh.request(method, url, data=data, headers=headers, timeout=timeout)
                 break
             except aiohttp.ClientConnectorError as exc:
                 raise UpstreamUnavailable(self.name, f"cannot connect to {self.base_url} ({_describe(exc)})") from None

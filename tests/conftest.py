@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -91,6 +92,17 @@ def client(gateway: str) -> ollama.Client:
 def http(gateway: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=gateway, timeout=10) as c:
         yield c
+
+
+def slots_in_use(metrics_text: str, backend: str = "vllm") -> list[float]:
+    """The in-flight and queued gauges of every replica of `backend`, as /metrics shows them."""
+    pattern = rf'^ollama_adapter_(?:inflight|queued)_requests\{{backend="{backend}",replica="[^"]*"\}} (\S+)$'
+    return [float(v) for v in re.findall(pattern, metrics_text, re.MULTILINE)]
+
+
+def all_slots_free(metrics_text: str, backend: str = "vllm") -> bool:
+    gauges = slots_in_use(metrics_text, backend)
+    return bool(gauges) and not any(gauges)
 
 
 @pytest.fixture

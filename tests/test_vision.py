@@ -257,7 +257,7 @@ def test_invalid_catalog_names_entry_and_field(tmp_path: Path) -> None:
     path.write_text("models:\n  - name: a\n  - name: b\n    backend: gpu\n")
     with pytest.raises(CatalogError) as info:
         load_catalog(path)
-    assert "model #2 ('b')" in str(info.value) and "backend" in str(info.value)
+    assert "model 'b', field 'backend'" in str(info.value) and "'gpu'" in str(info.value)
     path.write_text("models:\n  - name: a\n  - name: b\n    aliases: [A]\n")
     with pytest.raises(CatalogError, match="already used"):
         load_catalog(path)

@@ -16,6 +16,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from adapter.balancing import Replica
 from adapter.catalog import FIM_TEMPLATES
 from adapter.context import RequestFacts, facts_of
 from adapter.errors import BadRequest, OllamaError, UpstreamHTTPError, UpstreamUnavailable
@@ -26,6 +27,7 @@ from adapter.routing import Route
 from adapter.schemas import ChatRequest, GenerateRequest, keep_alive_seconds, model_name, read_json_object, validate
 from adapter.streaming import StreamResponse, ndjson_line, until_disconnect
 from adapter.translate.requests import (
+    affinity_key,
     context_overflow_limit,
     history_windows,
     ollama_chat_to_openai,
@@ -34,6 +36,7 @@ from adapter.translate.requests import (
     ollama_messages_have_images,
 )
 from adapter.translate.responses import StreamTranslator, Target, Timing, load_response, rfc3339_utc, whole_response
+from adapter.upstream import Upstream
 from vision.proxy import request_body
 
 JSON_UTF8 = "application/json; charset=utf-8"
@@ -155,7 +158,7 @@ async def _to_vision(
     """Forward to Ollama Vision, the model named as the client wrote it unless the gateway maps it
     (an alias, the catalog). A fallback answers in place of the requested model, and its answers name
     the requested one."""
-    how = Relay(gw.vision, gw.vision_timeouts, gw.metrics, "ollama")
+    how = Relay([gw.vision], gw.vision_timeouts, gw.metrics, "ollama")
     rename = facts_of(request).model if route.fallback else None
     payload = request_body(body, route.upstream_model)
     return await relay(request, how, "POST", path, payload, stream=stream, rewrite_model=rename)
@@ -163,15 +166,15 @@ async def _to_vision(
 
 async def _answer(gw: Gateway, request: Request, route: Route, call: VllmCall, body: dict[str, Any]) -> Response:
     facts = facts_of(request)
+    candidates = gw.router.replicas_for(route, affinity_key(call.payload))
     try:
         if call.stream:
-            exchange = await until_disconnect(request.receive, _open(gw, facts, call))
+            exchange = await until_disconnect(request.receive, _open(gw, facts, call, candidates))
             translator = StreamTranslator(call.model, call.target, call.logprobs)
             chunks = ollama_chunks(exchange, translator, call.timing, facts, gw.metrics)
             return StreamResponse(_ndjson(chunks), on_close=exchange.close)
-        return json_response(await until_disconnect(request.receive, _whole(gw, facts, call)))
-    except UpstreamUnavailable as exc:
-        gw.monitor.mark_unreachable("vllm", exc.message)
+        return json_response(await until_disconnect(request.receive, _whole(gw, facts, call, candidates)))
+    except UpstreamUnavailable:
         fallback = gw.router.fallback(route)
         if fallback is not None:
             gw.metrics.fallbacks.labels(route.upstream_model, fallback.upstream_model).inc()
@@ -189,8 +192,8 @@ async def _ndjson(chunks: AsyncIterator[list[dict[str, Any]]]) -> AsyncIterator[
         yield ndjson_line(out[0]) if len(out) == 1 else b"".join(map(ndjson_line, out))
 
 
-async def _whole(gw: Gateway, facts: RequestFacts, call: VllmCall) -> dict[str, Any]:
-    exchange = await _open(gw, facts, call)
+async def _whole(gw: Gateway, facts: RequestFacts, call: VllmCall, candidates: list[Replica]) -> dict[str, Any]:
+    exchange = await _open(gw, facts, call, candidates)
     try:
         translator = StreamTranslator(call.model, call.target, call.logprobs)
         parts: list[dict[str, Any]] = []
@@ -202,25 +205,27 @@ async def _whole(gw: Gateway, facts: RequestFacts, call: VllmCall) -> dict[str, 
     return whole_response(parts, final, call.target)
 
 
-async def _open(gw: Gateway, facts: RequestFacts, call: VllmCall) -> Exchange:
+async def _open(gw: Gateway, facts: RequestFacts, call: VllmCall, candidates: list[Replica]) -> Exchange:
     """Send the call; a prompt longer than the model's context is retried once with the oldest
     history dropped (Ollama's `truncate`), when the request allows it and there is history to drop."""
     try:
-        return await _send(gw, facts, call.path, call.payload)
+        return await _send(gw, facts, call.path, call.payload, candidates)
     except UpstreamHTTPError as exc:
         limit = context_overflow_limit(exc.message) if exc.status == 400 else None
         messages = call.payload.get("messages")
         if limit is None or not call.truncate or not messages or len(messages) < 2:
             raise
-        shorter = await _fitting_history(gw, call.payload, limit)
+        shorter = await _fitting_history(candidates[0].upstream, call.payload, limit)
         if shorter is None:
             raise  # even the newest message alone does not fit: vLLM's own 400
-        return await _send(gw, facts, call.path, {**call.payload, "messages": shorter})
+        return await _send(gw, facts, call.path, {**call.payload, "messages": shorter}, candidates)
 
 
-async def _send(gw: Gateway, facts: RequestFacts, path: str, payload: dict[str, Any]) -> Exchange:
+async def _send(
+    gw: Gateway, facts: RequestFacts, path: str, payload: dict[str, Any], candidates: list[Replica]
+) -> Exchange:
     return await open_exchange(
-        [gw.vllm],
+        candidates,
         "POST",
         path,
         orjson.dumps(payload),
@@ -231,7 +236,7 @@ async def _send(gw: Gateway, facts: RequestFacts, path: str, payload: dict[str, 
     )
 
 
-async def _fitting_history(gw: Gateway, payload: dict[str, Any], limit: int) -> list[dict[str, Any]] | None:
+async def _fitting_history(upstream: Upstream, payload: dict[str, Any], limit: int) -> list[dict[str, Any]] | None:
     """The longest history (Ollama's truncation order) whose prompt leaves room for an answer, by
     asking vLLM's /tokenize: a binary search, so a few cheap calls, and only after an overflow."""
     windows = history_windows(payload["messages"])
@@ -239,7 +244,8 @@ async def _fitting_history(gw: Gateway, payload: dict[str, Any], limit: int) -> 
     low, high, best = 0, len(windows) - 1, None
     while low <= high:
         middle = (low + high) // 2
-        answer = await gw.vllm.read_json(await gw.vllm.post_json("/tokenize", {**counted, "messages": windows[middle]}))
+        counting = {**counted, "messages": windows[middle]}
+        answer = await upstream.read_json(await upstream.post_json("/tokenize", counting))
         count = answer.get("count") if isinstance(answer, dict) else None
         if not isinstance(count, int):
             return None

@@ -41,12 +41,11 @@ async def version(request: Request) -> Response:
 async def tags(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     router = gw.router
-    vllm_listing, ollama_listing = await asyncio.gather(router.listing("vllm"), router.listing("ollama"))
-    if not vllm_listing.ok:
-        log.warning("listing models without vLLM: %s", vllm_listing.error)
-    names = router.vllm_names(vllm_listing.models)
-    modified = {n.upstream_id: local_rfc3339(router.first_seen("vllm", n.upstream_id)) for n in names}
-    models = tags_listing(names, modified, ollama_listing.models, router.ollama_entries(), router.catalog.discover)
+    await router.refresh(wait=False)
+    names = router.vllm_names()
+    modified = {n.upstream_id: local_rfc3339(router.first_seen(n.backend, n.upstream_id)) for n in names}
+    vision_models = router.vision_listing.models
+    models = tags_listing(names, modified, vision_models, router.ollama_entries(), router.catalog.discover)
     return json_response({"models": models})
 
 
@@ -63,14 +62,14 @@ async def show(request: Request) -> Response:
     except ModelNotFound:
         raise OllamaError(404, f"model '{name}' not found") from None
     facts.backend, facts.model_label = route.backend, route.upstream_model
-    if route.backend == "ollama":
-        how = Relay(gw.vision, gw.vision_timeouts, gw.metrics, "ollama")
+    if not route.on_vllm:
+        how = Relay([gw.vision], gw.vision_timeouts, gw.metrics, "ollama")
         return await relay(request, how, "POST", "/api/show", request_body(body, route.upstream_model), stream=False)
     fim = route.entry.fim if route.entry is not None else None
     return json_response(
         show_response(
             route.upstream_model,
-            local_rfc3339(gw.router.first_seen("vllm", route.upstream_model)),
+            local_rfc3339(gw.router.first_seen(route.backend, route.upstream_model)),
             context_length=await gw.router.context_length_of(route),
             capabilities=list(route.capabilities),
             family=route.entry.family if route.entry is not None else None,
@@ -81,15 +80,16 @@ async def show(request: Request) -> Response:
 
 async def ps(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
-    vllm_listing, ollama_running = await asyncio.gather(gw.router.listing("vllm"), _ollama_running(gw))
-    names = gw.router.vllm_names(vllm_listing.models)
+    router = gw.router
+    _, ollama_running = await asyncio.gather(router.refresh(wait=False, vision=False), _ollama_running(gw))
+    names = router.vllm_names()
     expires = local_rfc3339(time.time() + _FOREVER_SECONDS)
     return json_response({"models": ps_listing(names, expires, ollama_running)})
 
 
 async def _ollama_running(gw: Gateway) -> list[dict[str, object]]:
     try:
-        return models_of(await gw.vision.get_json("/api/ps"))
+        return models_of(await gw.vision.upstream.get_json("/api/ps"))
     except OllamaError as exc:
         log.warning("Ollama Vision /api/ps unavailable: %s", exc.message)
         return []

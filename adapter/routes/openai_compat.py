@@ -8,7 +8,6 @@ API's own shape: OpenAI's for chat, completions, embeddings and responses, Anthr
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -32,7 +31,7 @@ from adapter.schemas import (
     validate,
 )
 from adapter.translate.models import openai_models_listing
-from adapter.translate.requests import openai_request_has_images
+from adapter.translate.requests import affinity_key, openai_request_has_images
 
 
 async def _call(request: Request, path: str, schema: type[BaseModel], dialect: Dialect) -> Response:
@@ -52,13 +51,14 @@ async def _call(request: Request, path: str, schema: type[BaseModel], dialect: D
             facts.backend, facts.model_label = "ollama", route.upstream_model
             if route.backend == "ollama" and body["model"] != route.upstream_model:
                 body = {**body, "model": route.upstream_model}
-            how = Relay(gw.vision, gw.vision_timeouts, gw.metrics, dialect)
+            how = Relay([gw.vision], gw.vision_timeouts, gw.metrics, dialect)
         else:
             facts.backend, facts.model_label = route.backend, route.upstream_model
+            candidates = gw.router.replicas_for(route, affinity_key(body))
             body = {**body, "model": route.upstream_model}
             if body.get("tools") == []:
                 del body["tools"]  # vLLM 0.32 rejects an empty list
-            how = Relay(gw.vllm, gw.timeouts, gw.metrics, dialect)
+            how = Relay(candidates, gw.timeouts, gw.metrics, dialect)
         return await relay(request, how, "POST", path, orjson.dumps(body), stream=stream)
     except OllamaError as exc:
         return response_for(exc, dialect)
@@ -94,8 +94,8 @@ async def count_tokens(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     router = gw.router
-    vllm_listing, ollama_listing = await asyncio.gather(router.listing("vllm"), router.listing("ollama"))
-    names = router.vllm_names(vllm_listing.models)
-    created = {n.upstream_id: int(router.first_seen("vllm", n.upstream_id)) for n in names}
-    data: list[dict[str, Any]] = openai_models_listing(names, created, ollama_listing.models, int(time.time()))
+    await router.refresh(wait=False)
+    names = router.vllm_names()
+    created = {n.upstream_id: int(router.first_seen(n.backend, n.upstream_id)) for n in names}
+    data: list[dict[str, Any]] = openai_models_listing(names, created, router.vision_listing.models, int(time.time()))
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")

@@ -48,9 +48,9 @@ async def _forward(
     """To Ollama Vision, the model named as the client wrote it unless an alias or the catalog maps it."""
     facts = facts_of(request)
     facts.backend = "ollama"
-    mapped = route.upstream_model if route is not None and route.backend == "ollama" else None
+    mapped = route.upstream_model if route is not None and not route.on_vllm else None
     facts.model_label = mapped or facts.model or "none"
-    how = Relay(gw.vision, gw.vision_timeouts, gw.metrics, "ollama")
+    how = Relay([gw.vision], gw.vision_timeouts, gw.metrics, "ollama")
     return await relay(request, how, method, path, request_body(body, mapped), stream=body.get("stream") is not False)
 
 
@@ -82,8 +82,8 @@ async def _pull_progress() -> AsyncIterator[bytes]:
 async def pull(request: Request) -> Response:
     gw, body, name = await _read(request, "model", "name")
     route = await _route_or_none(gw, name)
-    if route is not None and route.backend == "vllm":
-        facts_of(request).backend = "vllm"
+    if route is not None and route.on_vllm:
+        facts_of(request).backend = route.backend
         if body.get("stream") is False:
             return json_response({"status": "success"})
         return StreamResponse(_pull_progress())
@@ -99,7 +99,7 @@ async def create(request: Request) -> Response:
     for candidate in (name, body.get("from")):
         if isinstance(candidate, str) and candidate:
             route = await _route_or_none(gw, candidate)
-            if route is not None and route.backend == "vllm":
+            if route is not None and route.on_vllm:
                 raise BadRequest(MANAGED_BY_VLLM.format(name=candidate))
     return await _forward(gw, request, "POST", "/api/create", body, None)
 
@@ -115,7 +115,7 @@ async def delete(request: Request) -> Response:
 async def _managed(request: Request, method: str, path: str, keys: tuple[str, ...]) -> Response:
     gw, body, name = await _read(request, *keys)
     route = await _route_or_none(gw, name)
-    if route is not None and route.backend == "vllm":
+    if route is not None and route.on_vllm:
         raise BadRequest(MANAGED_BY_VLLM.format(name=name))
     return await _forward(gw, request, method, path, body, None)
 
@@ -125,10 +125,11 @@ async def blobs(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     facts_of(request).backend = "ollama"
     path = f"/api/blobs/{request.path_params['digest']}"
+    vision = gw.vision.upstream
     if request.method == "HEAD":
-        response = await gw.vision.send("HEAD", path, raise_for_status=False)
+        response = await vision.send("HEAD", path, raise_for_status=False)
     else:
-        response = await gw.vision.send(
+        response = await vision.send(
             "POST",
             path,
             content=request.stream(),
@@ -136,7 +137,7 @@ async def blobs(request: Request) -> Response:
             raise_for_status=False,
         )
     try:
-        body = await gw.vision.read_body(response)
+        body = await vision.read_body(response)
     finally:
         response.close()
     return Response(body, status_code=response.status_code, media_type=response.headers.get("content-type"))

@@ -59,12 +59,13 @@ _PARAMS = re.compile(r"(?<![a-z0-9.])((?:\d+x)?\d+(?:\.\d+)?)([bm])(?![a-z])", r
 class ListedName:
     """A name a client can use for a vLLM model, as /api/tags, /api/ps and /v1/models list it."""
 
-    key: str  # the name's lookup key (listing_key)
+    key: str  # the name's lookup key (normalize_name)
     name: str
     upstream_id: str
     family: str | None
     context_length: int | None
     capabilities: tuple[str, ...]
+    backend: str = "vllm"  # the vLLM backend that serves it
 
 
 def local_rfc3339(epoch: float) -> str:

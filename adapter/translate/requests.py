@@ -9,6 +9,7 @@ import base64
 import binascii
 import hashlib
 import re
+import zlib
 from typing import Any
 
 import orjson
@@ -308,3 +309,46 @@ def context_overflow_limit(message: str) -> int | None:
         return None
     match = _CONTEXT_LIMIT.search(message)
     return int(match.group(1)) if match else None
+
+
+# ---- prefix affinity ----------------------------------------------------------------------------------
+
+# How much of the start of a prompt names its prefix: a long system prompt alone (a service's fixed
+# instructions: its requests share them), else the system prompt and the first messages (one chat's
+# turns share them).
+AFFINITY_PREFIX_CHARS = 2048
+
+
+def _texts(content: Any) -> list[str]:
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        return [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return []
+
+
+def affinity_key(body: dict[str, Any]) -> int | None:
+    """A hash of the first characters of the prompt, however the request spells it (OpenAI or
+    Anthropic messages, a prompt, Responses input); None when there is no text to go by. zlib's
+    crc32, not hash(): every worker process must map a prefix to the same replica."""
+    texts: list[str] = []
+    texts += _texts(body.get("system")) + _texts(body.get("instructions"))
+    items = body.get("messages")
+    if items is None:
+        items = body.get("input")
+    if isinstance(items, str):
+        texts.append(items)
+    elif isinstance(items, list):
+        size = sum(map(len, texts))
+        for item in items:
+            if size >= AFFINITY_PREFIX_CHARS:
+                break
+            if isinstance(item, dict):
+                parts = _texts(item.get("content"))
+                texts += parts
+                size += sum(map(len, parts))
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        texts.append(prompt)
+    prefix = "".join(texts)[:AFFINITY_PREFIX_CHARS]
+    return zlib.crc32(prefix.encode()) if prefix else None

@@ -60,6 +60,18 @@ def test_settings_vllm_base_url_not_http_is_error_naming_variable(monkeypatch, r
     assert "http" in message
 
 
+def test_settings_vllm_base_url_lists_several_servers(monkeypatch):
+    # Each is discovered: a model is served by the servers whose /v1/models list it.
+    monkeypatch.setenv("VLLM_BASE_URL", " http://a:8000/v1, http://b:8000/ ,,http://c:8001")
+    settings = Settings()
+    assert settings.vllm_base_urls == ["http://a:8000", "http://b:8000", "http://c:8001"]
+
+
+@pytest.mark.parametrize("raw", ["http://a:8000,http://a:8000/v1", "http://a:8000,b:8000"])
+def test_settings_vllm_base_url_list_errors_name_the_variable(monkeypatch, raw):
+    assert "VLLM_BASE_URL" in settings_error(monkeypatch, VLLM_BASE_URL=raw)
+
+
 @pytest.mark.parametrize("raw", ["http://vllm:99999", "http://vllm:port", "http://vllm:-1"])
 def test_settings_vllm_base_url_bad_port_is_error_naming_variable(monkeypatch, raw):
     message = settings_error(monkeypatch, VLLM_BASE_URL=raw)
