@@ -167,9 +167,13 @@ async def ollama_chunks(
                 timing.first = time.perf_counter_ns()
                 metrics.ttft.labels(facts.endpoint, facts.backend).observe((timing.first - timing.start) / 1e9)
             created = rfc3339_utc()
-            out = [chunk for event in batch for chunk in translator.feed(event, created)]
-            if out:
-                yield out
+            out: list[dict[str, Any]] = []
+            try:
+                for event in batch:
+                    out += translator.feed(event, created)
+            finally:
+                if out:
+                    yield out  # the tokens before a failing event still reach the client
     except STREAM_ERRORS as exc:
         raise exchange.failure(exc) from None
     if exchange.expired:

@@ -46,6 +46,11 @@ def _closed_under_us(exc: BaseException) -> bool:
     return isinstance(exc, aiohttp.ClientOSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE)
 
 
+def _not_written(exc: BaseException) -> bool:
+    """The request could not be written whole: the server cannot have started on it."""
+    return isinstance(exc, aiohttp.ClientOSError) and (exc.strerror or "").startswith("Can not write request body")
+
+
 async def _mark_reused(session: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any) -> None:
     ctx.trace_request_ctx.reused = True
 
@@ -204,8 +209,12 @@ class Upstream:
             except TimeoutError:
                 raise UpstreamTimeout(self.name, "no response in time") from None
             except aiohttp.ClientError as exc:
-                if _closed_under_us(exc) and trace.reused and attempt + 1 < attempts:
-                    log.info("%s: a pooled connection was %s; retrying on a fresh one", self.name, _describe(exc))
+                # Sent again, once, on a connection of its own: a request that could not be written
+                # whole, or one whose pooled connection turned out closed (the server let it go
+                # idle). A fresh connection that fails after the request was written is not retried:
+                # the server may be generating.
+                if attempt + 1 < attempts and (_not_written(exc) or (trace.reused and _closed_under_us(exc))):
+                    log.info("%s: %s on a pooled connection; sending again on a fresh one", self.name, _describe(exc))
                     continue
                 raise UpstreamFailed(self.name, f"connection lost before any answer ({_describe(exc)})") from None
         response = UpstreamResponse(raw)
@@ -333,6 +342,8 @@ class SSEEvents:
                     try:
                         events.append(orjson.loads(payload))
                     except orjson.JSONDecodeError:
+                        if events:
+                            yield events  # what came before the broken event still reaches the client
                         raise self._malformed(payload) from None
             if events:
                 yield events

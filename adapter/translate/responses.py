@@ -200,7 +200,7 @@ class StreamTranslator:
         choices = chunk.get("choices")
         if not choices:
             if "error" in chunk:
-                raise UpstreamStreamError(error_message_of(chunk))
+                raise UpstreamStreamError(f"vLLM error: {error_message_of(chunk)}")
             usage = chunk.get("usage")
             if usage:
                 self._set_usage(usage)
