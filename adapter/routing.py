@@ -305,6 +305,10 @@ class Router:
                 # than "not found" (which makes the `ollama` CLI try to pull).
                 errors = {self._listings[id(r)].error for r in self._replicas} - {""}
                 raise OllamaError(502, "; ".join(sorted(errors)) or "vLLM is unavailable")
+        if not self.vision_listing.ok and self.vision_listing.fetched_at:
+            # Not vLLM's, and Ollama Vision could not be asked: it may well have it. Say so rather
+            # than "not found" (which makes the `ollama` CLI try to pull).
+            raise OllamaError(502, self.vision_listing.error or "Ollama Vision is unavailable")
         return None
 
     async def route(self, name: str, *, images: bool = False) -> Route:

@@ -199,6 +199,11 @@ def test_vision_down_text_keeps_working(vllm_server, down_url: str) -> None:  # 
         with pytest.raises(ollama.ResponseError) as info:
             c.embed(model="nomic-embed-text", input="x")
         assert info.value.status_code == 502 and "Ollama Vision" in info.value.error
+        # A model only Ollama Vision could have: it cannot be asked, which is not "not found".
+        image = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+        with pytest.raises(ollama.ResponseError) as info:
+            c.chat(model="llava:7b", messages=[{"role": "user", "content": "What?", "images": [image]}])
+        assert info.value.status_code == 502 and info.value.error.startswith("Ollama Vision is unavailable")
         assert "Ollama Vision" in info.value.error
 
 

@@ -19,6 +19,7 @@ FAMILIES: tuple[tuple[str, str], ...] = (
     ("qwen", "qwen2"),
     ("codellama", "llama"),
     ("llama", "llama"),
+    ("smollm", "llama"),  # SmolLM2 is a LlamaForCausalLM
     ("mixtral", "llama"),
     ("mistral", "llama"),
     ("gemma3", "gemma3"),

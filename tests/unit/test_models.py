@@ -41,6 +41,7 @@ DETAILS_KEYS = ["parent_model", "format", "family", "families", "parameter_size"
     ("model_id", "family", "parameter_size"),
     [
         ("meta-llama/Llama-3.1-8B-Instruct", "llama", "8B"),
+        ("smollm2:135m", "llama", ""),
         ("meta-llama/Llama-3.2-1B-Instruct", "llama", "1B"),
         ("Qwen/Qwen2.5-7B-Instruct-AWQ", "qwen2", "7B"),
         ("Qwen/Qwen2.5-Coder-1.5B-Instruct", "qwen2", "1.5B"),
