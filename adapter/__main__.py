@@ -96,6 +96,8 @@ def serve(argv: list[str] | None) -> None:
 
     import uvicorn
 
+    from adapter.app import create_app
+
     prepare(settings.adapter_log_level)
     common: dict[str, Any] = {
         "host": settings.adapter_host,
@@ -108,8 +110,6 @@ def serve(argv: list[str] | None) -> None:
     }
     try:
         if settings.adapter_workers == 1:
-            from adapter.app import create_app
-
             uvicorn.run(create_app(settings, catalog), **common)
         else:
             export_settings(args)

@@ -16,6 +16,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from adapter.catalog import Catalog, load_catalog
 from adapter.config import Settings
@@ -25,8 +26,18 @@ from adapter.metrics import Metrics
 from adapter.middleware import GatewayMiddleware
 from adapter.process import prepare
 from adapter.routes import chat_generate, models, openai_compat, ops, passthrough
+from adapter.streaming import SERVER_SEND
 
 log = logging.getLogger("adapter")
+
+
+class GatewayApp(Starlette):
+    """Starlette, keeping the server's own `send` in the scope for streamed bodies
+    (adapter.streaming.StreamResponse)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def reload_on_hangup(gateway: Gateway, path: Path | None) -> bool:
@@ -127,7 +138,7 @@ def create_app(
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await gateway.aclose()
 
-    app = Starlette(
+    app = GatewayApp(
         routes=routes(),
         lifespan=lifespan,
         exception_handlers={OllamaError: _ollama_error, HTTPException: _http_error, Exception: _unexpected},

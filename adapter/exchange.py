@@ -17,16 +17,19 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from adapter.balancing import Replica
 from adapter.context import RequestFacts
 from adapter.errors import OllamaError, UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
 from adapter.metrics import Metrics
-from adapter.translate.responses import StreamTranslator, Timing, rfc3339_utc
+from adapter.streaming import ndjson_line
+from adapter.translate.responses import StreamTranslator, Timing, rfc3339_utc, whole_response
 from adapter.upstream import STREAM_ERRORS, SSEEvents, Upstream, UpstreamResponse
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,14 +150,21 @@ async def open_exchange(
 # ---- the /api path: vLLM's SSE translated into Ollama chunks -------------------------------------
 
 
+def as_ndjson(chunks: list[dict[str, Any]]) -> bytes:
+    # One write per upstream read: the events that arrived together are answered together.
+    return ndjson_line(chunks[0]) if len(chunks) == 1 else b"".join(map(ndjson_line, chunks))
+
+
 async def ollama_chunks(
     exchange: Exchange,
     translator: StreamTranslator,
     timing: Timing,
     facts: RequestFacts,
     metrics: Metrics,
-) -> AsyncIterator[list[dict[str, Any]]]:
-    """Ollama chunks for vLLM's events, a list per network read, the final chunk last.
+    encode: Callable[[list[dict[str, Any]]], T],
+) -> AsyncIterator[T]:
+    """Ollama chunks for vLLM's events, a list per network read, the final chunk last, each list
+    passed through `encode` (NDJSON bytes for the client): one generator on the per-chunk path.
 
     A stream that stops before vLLM said why it stopped (no finish_reason, no [DONE]) was cut off:
     it ends with an error, never with `done: true`, so no client takes half an answer for a whole.
@@ -163,9 +173,7 @@ async def ollama_chunks(
     try:
         async for batch in events:
             if not timing.first:
-                # vLLM sends its first event once the prompt is processed and the first token out.
-                timing.first = time.perf_counter_ns()
-                metrics.ttft.labels(facts.endpoint, facts.backend).observe((timing.first - timing.start) / 1e9)
+                first_token(timing, facts, metrics)
             created = rfc3339_utc()
             out: list[dict[str, Any]] = []
             try:
@@ -173,9 +181,44 @@ async def ollama_chunks(
                     out += translator.feed(event, created)
             finally:
                 if out:
-                    yield out  # the tokens before a failing event still reach the client
+                    yield encode(out)  # the tokens before a failing event still reach the client
     except STREAM_ERRORS as exc:
         raise exchange.failure(exc) from None
+    yield encode(finish(exchange, events, translator, timing, facts, metrics))
+
+
+async def ollama_whole(
+    exchange: Exchange, translator: StreamTranslator, timing: Timing, facts: RequestFacts, metrics: Metrics
+) -> dict[str, Any]:
+    """The whole Ollama answer for vLLM's stream, folded as Ollama folds its own."""
+    events = SSEEvents(exchange.response, exchange.upstream.name)
+    try:
+        batch = await events.whole(lambda: first_token(timing, facts, metrics))
+    except STREAM_ERRORS as exc:
+        raise exchange.failure(exc) from None
+    created = rfc3339_utc()
+    parts: list[dict[str, Any]] = []
+    for event in batch:
+        parts += translator.feed(event, created)
+    final = finish(exchange, events, translator, timing, facts, metrics)
+    return whole_response(parts + final[:-1], final[-1], translator.target)
+
+
+def first_token(timing: Timing, facts: RequestFacts, metrics: Metrics) -> None:
+    # vLLM sends its first event once the prompt is processed and the first token out.
+    timing.first = time.perf_counter_ns()
+    metrics.ttft.labels(facts.endpoint, facts.backend).observe((timing.first - timing.start) / 1e9)
+
+
+def finish(
+    exchange: Exchange,
+    events: SSEEvents,
+    translator: StreamTranslator,
+    timing: Timing,
+    facts: RequestFacts,
+    metrics: Metrics,
+) -> list[dict[str, Any]]:
+    """The answer's last chunks, once vLLM's body has ended: an error if it ended early."""
     if exchange.expired:
         raise exchange.failure()
     if not (events.done or translator.complete):
@@ -187,7 +230,7 @@ async def ollama_chunks(
         facts.count_tokens(prompt, completion)
         metrics.prompt_tokens.labels(facts.model_label, facts.backend).inc(prompt)
         metrics.completion_tokens.labels(facts.model_label, facts.backend).inc(completion)
-    yield translator.final(rfc3339_utc(), timing)
+    return translator.final(rfc3339_utc(), timing)
 
 
 # ---- pass-through: the upstream's bytes, untouched ------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import ctypes.util
+import gc
 import logging
 import logging.handlers
 import queue
@@ -55,6 +56,17 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).propagate = True
 
 
+def collect_garbage_less_often() -> None:
+    """Fewer cyclic-garbage passes. Nearly everything the gateway allocates per chunk and per
+    request is freed by reference counting, yet the collector ran often enough to take about 5% of
+    the CPU at 256 streams (py-spy, bench). What is loaded by now (modules, settings) is frozen out
+    of its scans; young objects are collected after 10x as many allocations."""
+    gc.freeze()
+    first, second, third = gc.get_threshold()
+    gc.set_threshold(first * 10, second, third * 10)
+
+
 def prepare(level: str) -> None:
     return_big_buffers_to_the_system()
+    collect_garbage_less_often()
     configure_logging(level)

@@ -22,6 +22,8 @@ log = logging.getLogger("adapter.streaming")
 T = TypeVar("T")
 
 NDJSON = b"application/x-ndjson"
+# Where the app keeps the ASGI server's own `send` in the scope (see adapter.app.GatewayApp).
+SERVER_SEND = "adapter.server_send"
 SSE = b"text/event-stream; charset=utf-8"
 
 ErrorLine = Callable[[str], bytes]
@@ -77,7 +79,7 @@ class StreamResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await until_disconnect(receive, self._write_all(send))
+            await until_disconnect(receive, self._write_all(send, scope.get(SERVER_SEND, send)))
         except (ClientGone, OSError):
             pass  # the client left (or its socket went away under send()): nobody to tell
         finally:
@@ -90,12 +92,15 @@ class StreamResponse:
             if self.on_close is not None:
                 self.on_close()
 
-    async def _write_all(self, send: Send) -> None:
+    async def _write_all(self, send: Send, body_send: Send) -> None:
+        """The start goes through every middleware (status, headers, access log); the body chunks
+        straight to the server's own `send`, since no middleware looks at them: per chunk, that is
+        four coroutine calls fewer on the hot path."""
         headers = [(b"content-type", self.media_type), *self.headers]
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         try:
             async for chunk in self.chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await body_send({"type": "http.response.body", "body": chunk, "more_body": True})
         except Exception as exc:  # after the first byte: report in-band, keep the status
             message = mid_stream_error_message(exc)
             if isinstance(exc, OllamaError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -71,6 +71,10 @@ class UpstreamResponse:
 
     async def aread(self) -> bytes:
         return await self._raw.read()
+
+    async def read_any(self) -> bytes:
+        """The next bytes to arrive (b"" at the end)."""
+        return await self._raw.content.readany()
 
     async def read_at_most(self, limit: int) -> bytes:
         """Up to `limit` bytes of the body; the rest is never read (the connection is then closed)."""
@@ -323,6 +327,24 @@ class SSEEvents:
     def _malformed(self, payload: bytes) -> UpstreamFailed:
         return UpstreamFailed(self.backend, f"malformed stream event {payload[:200]!r}")
 
+    def _events(self, lines: list[bytes]) -> tuple[list[dict[str, Any]], bytes | None]:
+        """The JSON events of these lines, up to [DONE]; and the first malformed payload, if any
+        (the events before it are kept: they still reach the client)."""
+        events = []
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                self.done = True
+                break
+            if payload:
+                try:
+                    events.append(orjson.loads(payload))
+                except orjson.JSONDecodeError:
+                    return events, payload
+        return events, None
+
     async def _batches(self) -> AsyncIterator[list[dict[str, Any]]]:
         buffer = b""
         async for raw in self.response.aiter_raw():
@@ -330,33 +352,28 @@ class SSEEvents:
             if b"\n" not in raw:
                 continue
             *lines, buffer = buffer.split(b"\n")
-            events = []
-            for line in lines:
-                if not line.startswith(b"data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    self.done = True
-                    break
-                if payload:
-                    try:
-                        events.append(orjson.loads(payload))
-                    except orjson.JSONDecodeError:
-                        if events:
-                            yield events  # what came before the broken event still reaches the client
-                        raise self._malformed(payload) from None
+            events, malformed = self._events(lines)
             if events:
                 yield events
+            if malformed is not None:
+                raise self._malformed(malformed)
             if self.done:
                 await self.response.drain(0.1)
                 return
-        line = buffer.strip()
-        if line.startswith(b"data:"):
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                self.done = True
-            elif payload:
-                try:
-                    yield [orjson.loads(payload)]
-                except orjson.JSONDecodeError:
-                    raise self._malformed(payload) from None
+        events, malformed = self._events([buffer.strip()])
+        if events:
+            yield events
+        if malformed is not None:
+            raise self._malformed(malformed)
+
+    async def whole(self, on_first: Callable[[], None]) -> list[dict[str, Any]]:
+        """Every event of a body read to its end: for an answer wanted whole, the body is taken in
+        two reads (the first, timed by `on_first`; then the rest), not one wake-up per event."""
+        first = await self.response.read_any()
+        if first:
+            on_first()
+        rest = await self.response.aread() if first else b""
+        events, malformed = self._events((first + rest).split(b"\n"))
+        if malformed is not None:
+            raise self._malformed(malformed)
+        return events

@@ -8,7 +8,6 @@ same timeouts and the same disconnect handling.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +19,12 @@ from adapter.balancing import Replica
 from adapter.catalog import FIM_TEMPLATES
 from adapter.context import RequestFacts, facts_of
 from adapter.errors import BadRequest, OllamaError, UpstreamHTTPError, UpstreamUnavailable
-from adapter.exchange import Exchange, ollama_chunks, open_exchange
+from adapter.exchange import Exchange, as_ndjson, ollama_chunks, ollama_whole, open_exchange
 from adapter.gateway import Gateway
 from adapter.relay import Relay, relay
 from adapter.routing import Route
 from adapter.schemas import ChatRequest, GenerateRequest, keep_alive_seconds, model_name, read_json_object, validate
-from adapter.streaming import StreamResponse, ndjson_line, until_disconnect
+from adapter.streaming import StreamResponse, until_disconnect
 from adapter.translate.requests import (
     affinity_key,
     context_overflow_limit,
@@ -35,7 +34,7 @@ from adapter.translate.requests import (
     ollama_generate_to_openai_completion,
     ollama_messages_have_images,
 )
-from adapter.translate.responses import StreamTranslator, Target, Timing, load_response, rfc3339_utc, whole_response
+from adapter.translate.responses import StreamTranslator, Target, Timing, load_response, rfc3339_utc
 from adapter.upstream import Upstream
 from vision.proxy import request_body
 
@@ -171,8 +170,8 @@ async def _answer(gw: Gateway, request: Request, route: Route, call: VllmCall, b
         if call.stream:
             exchange = await until_disconnect(request.receive, _open(gw, facts, call, candidates))
             translator = StreamTranslator(call.model, call.target, call.logprobs)
-            chunks = ollama_chunks(exchange, translator, call.timing, facts, gw.metrics)
-            return StreamResponse(_ndjson(chunks), on_close=exchange.close)
+            chunks = ollama_chunks(exchange, translator, call.timing, facts, gw.metrics, as_ndjson)
+            return StreamResponse(chunks, on_close=exchange.close)
         return json_response(await until_disconnect(request.receive, _whole(gw, facts, call, candidates)))
     except UpstreamUnavailable:
         fallback = gw.router.fallback(route)
@@ -186,23 +185,13 @@ async def _answer(gw: Gateway, request: Request, route: Route, call: VllmCall, b
         raise
 
 
-async def _ndjson(chunks: AsyncIterator[list[dict[str, Any]]]) -> AsyncIterator[bytes]:
-    # One write per upstream read: the events that arrived together are answered together.
-    async for out in chunks:
-        yield ndjson_line(out[0]) if len(out) == 1 else b"".join(map(ndjson_line, out))
-
-
 async def _whole(gw: Gateway, facts: RequestFacts, call: VllmCall, candidates: list[Replica]) -> dict[str, Any]:
     exchange = await _open(gw, facts, call, candidates)
     try:
         translator = StreamTranslator(call.model, call.target, call.logprobs)
-        parts: list[dict[str, Any]] = []
-        async for out in ollama_chunks(exchange, translator, call.timing, facts, gw.metrics):
-            parts.extend(out)
+        return await ollama_whole(exchange, translator, call.timing, facts, gw.metrics)
     finally:
         exchange.close()
-    final = parts.pop()
-    return whole_response(parts, final, call.target)
 
 
 async def _open(gw: Gateway, facts: RequestFacts, call: VllmCall, candidates: list[Replica]) -> Exchange:
