@@ -192,7 +192,13 @@ def start_upstream(stack: Stack, port: int) -> subprocess.Popen[bytes]:
 
 
 def start_gateway(
-    stack: Stack, port: int, upstream: int, args: argparse.Namespace, name: str = "gateway", path: str | None = None
+    stack: Stack,
+    port: int,
+    upstream: int,
+    args: argparse.Namespace,
+    name: str = "gateway",
+    path: str | None = None,
+    workers: int = 1,
 ) -> subprocess.Popen[bytes]:
     env = base_env()
     env.update(
@@ -200,6 +206,7 @@ def start_gateway(
             "VLLM_BASE_URL": f"http://127.0.0.1:{upstream}",
             "VISION_OLLAMA_URL": f"http://127.0.0.1:{free_port()}",  # closed: vision is not measured
             "ADAPTER_LOG_LEVEL": args.gateway_log_level,
+            "ADAPTER_WORKERS": str(workers),
         }
     )
     cwd = ROOT
@@ -212,6 +219,9 @@ def start_gateway(
         wait_http(f"http://127.0.0.1:{port}/", proc, what=f"the gateway ({name})")
     except RuntimeError as exc:
         raise RuntimeError(f"{exc}\n{stack.log_tail(name)}") from None
+    deadline = time.monotonic() + 20
+    while workers > 1 and len(children_of(proc.pid)) < workers and time.monotonic() < deadline:
+        time.sleep(0.1)  # every worker up, so each is in the CPU figures
     return proc
 
 
@@ -541,7 +551,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--targets",
         help="comma list of direct,gateway,nginx,minimal (default: all available; quick: "
-        "direct,gateway); minimal-httpx2, minimal-aiohttp, minimal-raw run the minimal translator on another "
+        "direct,gateway); gateway-workersN runs the gateway with ADAPTER_WORKERS=N; "
+        "minimal-httpx2, minimal-aiohttp, minimal-raw run the minimal translator on another "
         "upstream client",
     )
     p.add_argument(
@@ -680,11 +691,13 @@ def main(argv: list[str] | None = None) -> int:
             proxy = None
             if name == "direct":
                 url, kind = up_url, "openai"
-            elif name == "gateway" or name in variants:
+            elif name == "gateway" or name in variants or name.startswith("gateway-workers"):
+                # gateway-workersN: the gateway with ADAPTER_WORKERS=N (CPU of all its processes).
+                workers = int(name.removeprefix("gateway-workers") or 1) if name.startswith("gateway-workers") else 1
                 port = free_port()
-                proxy = start_gateway(stack, port, up_port, args, name, variants.get(name))
+                proxy = start_gateway(stack, port, up_port, args, name, variants.get(name), workers)
                 url, kind = f"http://127.0.0.1:{port}", "ollama"
-                watch["proxy"] = [proxy.pid]
+                watch["proxy"] = [proxy.pid, *children_of(proxy.pid)]
             elif name.startswith("minimal"):
                 port = free_port()
                 proxy = start_minimal(stack, name, port, up_port)

@@ -80,7 +80,10 @@ class Upstream:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.ids = itertools.count()
-        self.stats = {"requests": 0, "streams": 0, "completed": 0, "cancelled": 0, "active": 0}
+        self.stats: dict[str, Any] = {"requests": 0, "streams": 0, "completed": 0, "cancelled": 0, "active": 0}
+        # Requests per client group: the part of the X-Request-ID before its first "-" (bench.replicas
+        # sends "t3-..." for a tenant's requests; the gateway passes the id on with a suffix).
+        self.by_group: dict[str, int] = {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -95,6 +98,10 @@ class Upstream:
             return
         path, method = scope["path"], scope["method"]
         if path == "/v1/chat/completions" and method == "POST":
+            for name, value in scope["headers"]:
+                if name == b"x-request-id":
+                    group = value.split(b"-", 1)[0].decode("latin-1")
+                    self.by_group[group] = self.by_group.get(group, 0) + 1
             await self.chat(receive, send)
         elif path == "/v1/models":
             await self.whole(send, 200, MODELS_BODY)
@@ -105,7 +112,12 @@ class Upstream:
             self.config = Config(body.get("tokens", 64), body.get("delay_ms", 20.0), body.get("first_delay_ms"))
             await self.whole(send, 200, orjson.dumps(self.config.as_dict()))
         elif path == "/bench/stats":
-            await self.whole(send, 200, orjson.dumps({**self.stats, "config": self.config.as_dict()}))
+            stats = {**self.stats, "by_group": self.by_group, "config": self.config.as_dict()}
+            await self.whole(send, 200, orjson.dumps(stats))
+        elif path == "/bench/reset" and method == "POST":
+            self.stats.update(requests=0, streams=0, completed=0, cancelled=0)
+            self.by_group = {}
+            await self.whole(send, 200, b"{}")
         else:
             await self.whole(send, 404, b'{"error":{"message":"not found","type":"NotFoundError","code":404}}')
 
