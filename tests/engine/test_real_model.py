@@ -191,3 +191,27 @@ def test_readme_try_it_lines_run_as_written(example: Any, real_gateway, tmp_path
     statuses = re.findall(STATUS_MARK + r"(\d+)", done.stderr)
     assert statuses and all(int(s) < 400 for s in statuses), context
     check_output(example, done.stdout)
+
+
+def test_two_real_vllm_servers_behind_one_gateway(real_vllm, vllm, tmp_path) -> None:
+    """VLLM_BASE_URL listing two real vLLM servers with different models: one endpoint lists both,
+    each model answered by its own server, each described with its own server's context length.
+    (Last in this module: the tiny-model server it adds stays up for test_real_vllm.py.)"""
+    from tests.engine.conftest import gateway_process
+
+    servers = {"tiny": vllm.base_url, MODEL: real_vllm.base_url}
+    with gateway_process(f"{vllm.base_url},{real_vllm.base_url}", tmp_path / "two-servers-gateway.log") as gw:
+        client = ollama.Client(host=gw.base_url, timeout=TIMEOUT)
+        assert {"tiny:latest", MODEL} <= {m.model for m in client.list().models}
+        for model, url in servers.items():
+            card = httpx.get(f"{url}/v1/models", timeout=TIMEOUT).json()["data"][0]
+            shown = client.show(model)
+            arch = shown.modelinfo["general.architecture"]
+            assert shown.modelinfo[f"{arch}.context_length"] == card["max_model_len"], model
+            resp = client.chat(model, messages=[{"role": "user", "content": "Hi"}], options={"num_predict": 4})
+            assert resp.done and resp.model == model
+        metrics = httpx.get(f"{gw.base_url}/metrics", timeout=TIMEOUT).text
+        for url in servers.values():
+            # Each server got exactly the one chat meant for its model.
+            line = f'ollama_adapter_replica_requests_total{{backend="vllm",replica="{url}"}} 1.0'
+            assert line in metrics, metrics
