@@ -37,7 +37,10 @@ DOCKERFILES = [VLLM_DIR / "Dockerfile.vllm", VLLM_DIR / "Dockerfile.adapter", VI
 CHAT = {"vllm", "vllm-adapter", "ollama-vision"}
 INGESTION = {"vllm-ingestion", "vllm-adapter-ingestion", "ollama-vision"}
 ADAPTERS = {"vllm-adapter": "vllm", "vllm-adapter-ingestion": "vllm-ingestion"}
-LLM_SERVERS = {"vllm", "vllm-ingestion"}
+# More vLLM servers behind the chat gateway (profile "scale-out"): a replica of the chat model, a second model.
+SCALE_OUT = {"vllm-replica", "vllm-2"}
+SCALE_OUT_URLS = "http://vllm:8000,http://vllm-replica:8000,http://vllm-2:8000"
+LLM_SERVERS = {"vllm", "vllm-ingestion", *SCALE_OUT}
 VLLM_PORT = 8000  # entrypoint.sh: --port 8000
 OLLAMA_PORT = 11434  # inside the ollama-vision container
 GATEWAY_PORT = 11434
@@ -161,7 +164,9 @@ def health_url(service: dict) -> str:
 
 
 def test_services_and_profiles(services: dict) -> None:
-    assert set(services) == CHAT | INGESTION
+    assert set(services) == CHAT | INGESTION | SCALE_OUT
+    for name in SCALE_OUT:
+        assert services[name].get("profiles") == ["scale-out"], name
     for name in CHAT:
         # A plain `docker compose -f docker-compose.vllm.yml up -d` starts the chat stack.
         assert not services[name].get("profiles"), f"{name} must start without a profile"
@@ -181,7 +186,8 @@ def test_switch_mode_knows_the_same_services(services: dict) -> None:
     assert array("INGESTION_SERVICES") == INGESTION
     assert array("CHAT_ONLY") == CHAT - INGESTION
     assert array("INGESTION_ONLY") == INGESTION - CHAT
-    assert array("ALL_SERVICES") == set(services)
+    # The scale-out servers are started and stopped by name, not by the mode switch.
+    assert array("ALL_SERVICES") == set(services) - SCALE_OUT
 
 
 def test_ports(services: dict) -> None:
@@ -268,6 +274,38 @@ def test_adapter_env_vars_with_values_set(raw: dict, monkeypatch: pytest.MonkeyP
     assert published(services["vllm-adapter"]) == {GATEWAY_PORT: GATEWAY_PORT}
 
 
+def test_scale_out_servers_behind_the_chat_gateway(raw: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scale-out profile: a replica of the chat model and a second model, each on a GPU of its
+    own, reached by the chat gateway when CHAT_VLLM_URLS lists them (as README documents)."""
+    from adapter.config import Settings
+
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    assert f"CHAT_VLLM_URLS={SCALE_OUT_URLS}" in (ROOT / "README.md").read_text()
+    services = interpolate(raw["services"], {"CHAT_VLLM_URLS": SCALE_OUT_URLS})
+    chat, replica, second = (env_of(services[name]) for name in ("vllm", "vllm-replica", "vllm-2"))
+    # A replica serves exactly what vllm serves, under the same name: the gateway pairs them by it.
+    for key in ("MODEL_NAME", "SERVED_MODEL_NAME", "MAX_MODEL_LEN", "EXTRA_VLLM_ARGS", "VLLM_API_KEY"):
+        assert replica[key] == chat[key], key
+    assert second["SERVED_MODEL_NAME"] != chat["SERVED_MODEL_NAME"]
+    assert second["VLLM_API_KEY"] == chat["VLLM_API_KEY"]  # the gateway sends one VLLM_API_KEY to all
+    gpus = []
+    for name in SCALE_OUT:
+        assert not services[name].get("ports"), f"{name}: only the gateway needs to reach it"
+        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        gpus += [d for device in devices for d in device.get("device_ids", [])]
+    assert len(gpus) == len(set(gpus)) == len(SCALE_OUT), gpus  # each pinned to a GPU of its own
+
+    settings = Settings(**{k.lower(): v for k, v in env_of(services["vllm-adapter"]).items()})
+    urls = [urlsplit(u) for u in settings.vllm_base_urls]
+    assert [u.hostname for u in urls] == ["vllm", "vllm-replica", "vllm-2"]
+    assert {u.port for u in urls} == {VLLM_PORT}
+    assert {u.hostname for u in urls} <= set(services)
+    # Without it, the chat gateway reaches the one chat server, as before.
+    default = interpolate(raw["services"], {})
+    assert env_of(default["vllm-adapter"])["VLLM_BASE_URL"] == "http://vllm:8000"
+
+
 def entrypoint_variables(path: Path) -> set[str]:
     return set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", path.read_text()))
 
@@ -346,7 +384,7 @@ def compose_implementations() -> list[list[str]]:
     return found
 
 
-@pytest.mark.parametrize("profile", [None, "ingestion"])
+@pytest.mark.parametrize("profile", [None, "ingestion", "scale-out"])
 def test_real_compose_config(profile: str | None, tmp_path: Path) -> None:
     impls = compose_implementations()
     if not impls:
