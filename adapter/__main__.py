@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -71,7 +73,11 @@ def check_backend_clashes(settings: Settings, catalog: Catalog) -> str | None:
             await gateway.aclose()
         return gateway.router.clashes
 
-    clashes = asyncio.run(ask())
+    logging.disable(logging.CRITICAL)  # the start-up answer is the one line below, not the router's log
+    try:
+        clashes = asyncio.run(ask())
+    finally:
+        logging.disable(logging.NOTSET)
     if not clashes:
         return None
     model, owners = next(iter(clashes.items()))
@@ -114,11 +120,25 @@ def serve(argv: list[str] | None) -> None:
         else:
             export_settings(args)
             with metrics_shared_between_workers():
-                uvicorn.run(
-                    "adapter.app:app_from_environment", factory=True, workers=settings.adapter_workers, **common
-                )
+                factory = "adapter.app:app_from_environment"
+                run_workers(uvicorn.Config(factory, factory=True, workers=settings.adapter_workers, **common))
     except OSError as exc:  # port taken, address not available
         sys.exit(f"vllm-ollama-adapter: cannot listen on {settings.adapter_host}:{settings.adapter_port}: {exc}")
+
+
+def run_workers(config: Any) -> None:
+    """uvicorn's worker supervisor, except that SIGHUP reloads the catalog in every worker (each has
+    its own handler) instead of restarting them, which would cut the streams in flight."""
+    from uvicorn.supervisors import Multiprocess
+
+    class Workers(Multiprocess):
+        def handle_hup(self) -> None:
+            for process in self.processes:
+                if process.pid is not None:
+                    os.kill(process.pid, signal.SIGHUP)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        Workers(config, sockets=[config.bind_socket()]).run()
 
 
 def export_settings(args: argparse.Namespace) -> None:

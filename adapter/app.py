@@ -18,7 +18,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from adapter.catalog import Catalog, load_catalog
+from adapter.catalog import Catalog, CatalogError, load_catalog
 from adapter.config import Settings
 from adapter.errors import OllamaError, error_response, response_for
 from adapter.gateway import Gateway
@@ -60,9 +60,16 @@ def reload_on_hangup(gateway: Gateway, path: Path | None) -> bool:
 def app_from_environment() -> Starlette:
     """The app each worker process builds (ADAPTER_WORKERS > 1): settings from the environment the
     main process validated and completed."""
+    # Until the lifespan installs the catalog reload, a SIGHUP (forwarded by the main process) must
+    # not end the worker: that is the signal's default.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = Settings()
     prepare(settings.adapter_log_level)
-    return create_app(settings)
+    try:
+        return create_app(settings)
+    except CatalogError as exc:  # a worker started after the file went bad: say so in one line
+        log.error("worker cannot start: %s", exc)
+        raise SystemExit(1) from None
 
 
 def routes() -> list[Route]:
@@ -130,6 +137,7 @@ def create_app(
         gateway = Gateway(settings, metrics, catalog, workers=settings.adapter_workers, force_canary=force_canary)
         app.state.gateway = gateway
         gateway.monitor.start()
+        gateway.spawn(gateway.router.refresh())  # the model lists, before the first client asks
         listening = reload_on_hangup(gateway, settings.adapter_models_file)
         try:
             yield

@@ -169,7 +169,10 @@ def load_catalog(path: Path) -> Catalog:
     except OSError as exc:
         raise CatalogError(f"ADAPTER_MODELS_FILE {path}: cannot read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise CatalogError(f"ADAPTER_MODELS_FILE {path}: not valid YAML ({exc})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CatalogError(f"ADAPTER_MODELS_FILE {path}: not valid YAML ({where}{problem})") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -104,7 +104,9 @@ class Gateway:
         }
         for name, spec in catalog.backends.items():
             replicas = [
-                self._replica(name, f"vLLM ({name})", url, spec.api_key, spec.max_inflight) for url in spec.replicas
+                # Without a key of its own, a backend gets VLLM_API_KEY, as every vLLM of one deployment.
+                self._replica(name, f"vLLM ({name})", url, spec.api_key or api_key, spec.max_inflight)
+                for url in spec.replicas
             ]
             backends[name] = Backend(name, replicas, discovered=False)
         router = Router(

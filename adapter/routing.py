@@ -30,6 +30,9 @@ from vision.proxy import models_of
 
 log = logging.getLogger("adapter.routing")
 
+# How long a listing answer waits for a server it has never heard from (a healthy one answers in ms).
+FIRST_LISTING_WAIT = 0.5
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -145,7 +148,9 @@ class Router:
             if wait or not listing.fetched_at:
                 pending.append(task)
         if pending:
-            await asyncio.gather(*pending)
+            # A server never asked before is waited for, but not for long: one that does not even
+            # accept connections must not hold up what the others can already answer.
+            await asyncio.wait(pending, timeout=None if wait else FIRST_LISTING_WAIT)
 
     async def _fetch(self, replica: Replica | None) -> None:
         upstream = replica.upstream if replica is not None else self.vision
@@ -304,7 +309,8 @@ class Router:
                 # vLLM could not be asked: it may well serve this model, so say it is down rather
                 # than "not found" (which makes the `ollama` CLI try to pull).
                 errors = {self._listings[id(r)].error for r in self._replicas} - {""}
-                raise OllamaError(502, "; ".join(sorted(errors)) or "vLLM is unavailable")
+                tried = "; ".join(sorted(errors)) or "vLLM is unavailable"
+                raise OllamaError(502, f"{tried} (model '{wanted}' could not be looked up)")
         if not self.vision_listing.ok and self.vision_listing.fetched_at:
             # Not vLLM's, and Ollama Vision could not be asked: it may well have it. Say so rather
             # than "not found" (which makes the `ollama` CLI try to pull).
@@ -352,6 +358,13 @@ class Router:
         named = self._entries.get(normalize_name(route.entry.fallback))
         model = named.upstream_id if named is not None and named.backend == OLLAMA_BACKEND else route.entry.fallback
         return replace(Route(OLLAMA_BACKEND, model), fallback=True)
+
+    def unavailable(self, exc: OllamaError) -> OllamaError:
+        """What a client hears when no replica of a vLLM route could be reached and no fallback
+        answers: in ingestion mode a 503 (retry later: the batch job waits for vLLM), else the 502."""
+        if self.mode == "ingestion":
+            return OllamaError(503, f"vLLM is unavailable (ingestion mode: no fallback): {exc.message}")
+        return exc
 
     def replicas_for(self, route: Route, key: int | None) -> list[Replica]:
         """The replicas to try for a vLLM route, best first (adapter.balancing)."""

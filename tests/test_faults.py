@@ -347,8 +347,10 @@ def fault_settings(vllm_url: str, vision_url: str, **overrides: Any) -> Any:
         "adapter_first_token_timeout": FIRST_TOKEN,
         "adapter_total_timeout": TOTAL,
         "adapter_connect_timeout": CONNECT,
-        # Probes only at start: background traffic stays out of the pooled connections a case sets up.
+        # Probes and model listings only at start: background traffic stays out of the pooled
+        # connections a case sets up.
         "adapter_health_interval": 60.0,
+        "adapter_models_ttl": 60.0,
         "adapter_access_log": False,
     }
     values.update(overrides)
@@ -873,16 +875,17 @@ def test_cannot_connect(fam: Family, stream: bool, dead_gateway: str, tracebacks
 
 
 def test_ingestion_mode_without_fallback_is_503(tmp_path: Path) -> None:
-    """`refuses the connection` row, /api in ingestion mode: 503; /v1 keeps its 502."""
+    """`refuses the connection` row in ingestion mode: 503 on /api and /v1 alike, naming what failed."""
     catalog = tmp_path / "models.yaml"
     catalog.write_text(CATALOG)
     url = f"http://127.0.0.1:{free_port()}"
     settings = fault_settings(url, url, adapter_models_file=catalog, adapter_mode="ingestion")
     with running_gateway(settings) as gw, httpx.Client(base_url=gw, timeout=CLIENT_TIMEOUT) as http:
         r, _ = post(http, API_CHAT, False)
-        check_status(r, API_CHAT, Expect("status", 503, "vLLM is unavailable (ingestion mode: no fallback)"))
+        unavailable = "vLLM is unavailable (ingestion mode: no fallback): vLLM is unavailable: "
+        check_status(r, API_CHAT, Expect("status", 503, unavailable, "prefix"))
         r, _ = post(http, V1_CHAT, False)
-        check_status(r, V1_CHAT, Expect("status", 502, "vLLM is unavailable: ", "prefix"))
+        check_status(r, V1_CHAT, Expect("status", 503, unavailable, "prefix"))
         assert_slots_released(http)
 
 

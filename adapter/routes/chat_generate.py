@@ -18,7 +18,7 @@ from starlette.responses import Response
 from adapter.balancing import Replica
 from adapter.catalog import FIM_TEMPLATES
 from adapter.context import RequestFacts, facts_of
-from adapter.errors import BadRequest, OllamaError, UpstreamHTTPError, UpstreamUnavailable
+from adapter.errors import BadRequest, UpstreamHTTPError, UpstreamUnavailable
 from adapter.exchange import Exchange, as_ndjson, ollama_chunks, ollama_whole, open_exchange
 from adapter.gateway import Gateway
 from adapter.relay import Relay, relay
@@ -173,16 +173,14 @@ async def _answer(gw: Gateway, request: Request, route: Route, call: VllmCall, b
             chunks = ollama_chunks(exchange, translator, call.timing, facts, gw.metrics, as_ndjson)
             return StreamResponse(chunks, on_close=exchange.close)
         return json_response(await until_disconnect(request.receive, _whole(gw, facts, call, candidates)))
-    except UpstreamUnavailable:
+    except UpstreamUnavailable as exc:
         fallback = gw.router.fallback(route)
         if fallback is not None:
             gw.metrics.fallbacks.labels(route.upstream_model, fallback.upstream_model).inc()
             _describe(facts, call.model, fallback, call.stream)
             path = "/api/chat" if call.target == "chat" else "/api/generate"
             return await _to_vision(gw, request, path, body, fallback, call.stream)
-        if gw.settings.adapter_mode == "ingestion":
-            raise OllamaError(503, "vLLM is unavailable (ingestion mode: no fallback)") from None
-        raise
+        raise gw.router.unavailable(exc) from None
 
 
 async def _whole(gw: Gateway, facts: RequestFacts, call: VllmCall, candidates: list[Replica]) -> dict[str, Any]:

@@ -9,7 +9,6 @@ API's own shape: OpenAI's for chat, completions, embeddings and responses, Anthr
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import orjson
 from pydantic import BaseModel
@@ -17,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from adapter.context import facts_of
-from adapter.errors import Dialect, ModelNotFound, OllamaError, response_for
+from adapter.errors import Dialect, ModelNotFound, OllamaError, UpstreamUnavailable, response_for
 from adapter.gateway import Gateway
 from adapter.relay import Relay, relay
 from adapter.schemas import (
@@ -59,7 +58,10 @@ async def _call(request: Request, path: str, schema: type[BaseModel], dialect: D
             if body.get("tools") == []:
                 del body["tools"]  # vLLM 0.32 rejects an empty list
             how = Relay(candidates, gw.timeouts, gw.metrics, dialect)
-        return await relay(request, how, "POST", path, orjson.dumps(body), stream=stream)
+        try:
+            return await relay(request, how, "POST", path, orjson.dumps(body), stream=stream)
+        except UpstreamUnavailable as exc:
+            raise gw.router.unavailable(exc) if route.on_vllm and not to_vision else exc from None
     except OllamaError as exc:
         return response_for(exc, dialect)
 
@@ -97,5 +99,6 @@ async def list_models(request: Request) -> Response:
     await router.refresh(wait=False)
     names = router.vllm_names()
     created = {n.upstream_id: int(router.first_seen(n.backend, n.upstream_id)) for n in names}
-    data: list[dict[str, Any]] = openai_models_listing(names, created, router.vision_listing.models, int(time.time()))
+    vision_models = router.vision_listing.models
+    data = openai_models_listing(names, created, vision_models, router.ollama_entries(), int(time.time()))
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")

@@ -291,16 +291,22 @@ def ps_listing(
 
 
 def openai_models_listing(
-    vllm_names: list[ListedName], created: dict[str, int], ollama_models: list[dict[str, Any]], now: int
+    vllm_names: list[ListedName],
+    created: dict[str, int],
+    ollama_models: list[dict[str, Any]],
+    ollama_entries: list[tuple[tuple[str, ...], str]],
+    now: int,
 ) -> list[dict[str, Any]]:
-    """/v1/models `data`, as Ollama's OpenAI layer lists models (`owned_by` says which backend)."""
+    """/v1/models `data`, as Ollama's OpenAI layer lists models (`owned_by` says which backend):
+    the same names as /api/tags, the catalog's names for Ollama Vision models included."""
     data = [
         {"id": listed.name, "object": "model", "created": created[listed.upstream_id], "owned_by": "vllm"}
         for listed in vllm_names
     ]
     seen = {listed.key for listed in vllm_names}
-    for m in ollama_models:
-        name = ollama_name(m)
+    available = {normalize_name(ollama_name(m)) for m in ollama_models}
+    names = [name for names, upstream in ollama_entries if normalize_name(upstream) in available for name in names]
+    for name in [*names, *(ollama_name(m) for m in ollama_models)]:
         if normalize_name(name) not in seen:
             seen.add(normalize_name(name))
             data.append({"id": name, "object": "model", "created": now, "owned_by": "library"})

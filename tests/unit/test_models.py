@@ -238,7 +238,7 @@ def test_ps_listing_merges_ollama_running_models_vllm_does_not_own():
 
 
 def test_openai_models_listing_owned_by_says_the_backend():
-    data = openai_models_listing([listed("tiny", "tiny")], {"tiny": 5}, VISION_MODELS, 9)
+    data = openai_models_listing([listed("tiny", "tiny")], {"tiny": 5}, VISION_MODELS, [], 9)
     assert data == [
         {"id": "tiny", "object": "model", "created": 5, "owned_by": "vllm"},
         {"id": "llava:7b", "object": "model", "created": 9, "owned_by": "library"},
