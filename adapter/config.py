@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     def _level(cls, value: str) -> str:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("vllm_api_key", "adapter_api_key", mode="before")
+    @field_validator("vllm_api_key", "adapter_api_key", "adapter_models_file", mode="before")
     @classmethod
     def _empty_secret(cls, value: object) -> object:
         return None if value == "" else value

@@ -161,6 +161,12 @@ def test_settings_log_level_is_case_insensitive(monkeypatch):
     assert Settings().adapter_log_level == "debug"
 
 
+def test_settings_empty_models_file_means_no_catalog(monkeypatch):
+    # `ADAPTER_MODELS_FILE=` in a compose file or .env: no catalog, not the path ".".
+    monkeypatch.setenv("ADAPTER_MODELS_FILE", "")
+    assert Settings().adapter_models_file is None
+
+
 def test_settings_empty_api_keys_mean_none(monkeypatch):
     monkeypatch.setenv("VLLM_API_KEY", "")
     monkeypatch.setenv("ADAPTER_API_KEY", "")
