@@ -113,6 +113,7 @@ class Router:
         self._replicas: list[Replica] = [r for b in backends.values() for r in b.replicas]
         self._listings: dict[int, Listing] = {id(r): Listing() for r in self._replicas}
         self.vision_listing = Listing()
+        self._vision_seen = False  # whether Ollama Vision ever answered its model list
         self._vision_by_key: dict[str, dict[str, Any]] = {}
         self._served: dict[str, Served] = {}  # lookup key -> the backend that answers it
         self.clashes: dict[str, tuple[str, ...]] = {}  # lookup key -> backends that all serve it
@@ -174,6 +175,7 @@ class Router:
                 self._first_seen.setdefault(f"{where}:{m.get('id') or ollama_name(m)}", now)
         if replica is None:
             self.vision_listing = listing
+            self._vision_seen = self._vision_seen or listing.ok
             self._vision_by_key = {}
             for m in listing.models:
                 for name in (m.get("model"), m.get("name")):
@@ -311,9 +313,9 @@ class Router:
                 errors = {self._listings[id(r)].error for r in self._replicas} - {""}
                 tried = "; ".join(sorted(errors)) or "vLLM is unavailable"
                 raise OllamaError(502, f"{tried} (model '{wanted}' could not be looked up)")
-        if not self.vision_listing.ok and self.vision_listing.fetched_at:
-            # Not vLLM's, and Ollama Vision could not be asked: it may well have it. Say so rather
-            # than "not found" (which makes the `ollama` CLI try to pull).
+        if not self.vision_listing.ok and self._vision_seen:
+            # Not vLLM's, and Ollama Vision, which answered before, cannot be asked now: it may well
+            # have it. Say so rather than "not found". (One never reached is taken as not deployed.)
             raise OllamaError(502, self.vision_listing.error or "Ollama Vision is unavailable")
         return None
 

@@ -14,6 +14,7 @@ import pytest
 from adapter.catalog import CatalogError, load_catalog
 from tests.conftest import make_settings, running_gateway
 from tests.standins.ollama import OllamaStandin
+from tests.standins.server import ServerThread
 from tests.standins.vllm import Script, VLLMStandin
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 32).decode()
@@ -191,6 +192,9 @@ def test_v1_errors_are_openai_shaped(http: httpx.Client, vllm: VLLMStandin) -> N
     assert r.status_code == 400 and "maximum context length" in r.json()["error"]["message"]
 
 
+IMAGE = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+
+
 def test_vision_down_text_keeps_working(vllm_server, down_url: str) -> None:  # type: ignore[no-untyped-def]
     with running_gateway(make_settings(vllm_server[1].url, down_url)) as url:
         c = ollama.Client(host=url)
@@ -199,11 +203,30 @@ def test_vision_down_text_keeps_working(vllm_server, down_url: str) -> None:  # 
         with pytest.raises(ollama.ResponseError) as info:
             c.embed(model="nomic-embed-text", input="x")
         assert info.value.status_code == 502 and "Ollama Vision" in info.value.error
-        # A model only Ollama Vision could have: it cannot be asked, which is not "not found".
-        image = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+        # Ollama Vision never answered: it is taken as not deployed, and an unknown model is not found.
         with pytest.raises(ollama.ResponseError) as info:
-            c.chat(model="llava:7b", messages=[{"role": "user", "content": "What?", "images": [image]}])
-        assert info.value.status_code == 502 and info.value.error.startswith("Ollama Vision is unavailable")
+            c.chat(model="llava:7b", messages=[{"role": "user", "content": "What?", "images": [IMAGE]}])
+        assert info.value.status_code == 404
+
+
+def test_vision_gone_after_answering_is_a_502_not_not_found(vllm_server) -> None:  # type: ignore[no-untyped-def]
+    """A model only Ollama Vision could have, while Ollama Vision (which answered before) is down:
+    it may well have it, so the answer names Ollama Vision rather than "not found"."""
+    standin = OllamaStandin()
+    vision = ServerThread(standin.app()).start()
+    settings = make_settings(vllm_server[1].url, vision.url)
+    try:
+        with running_gateway(settings) as url:
+            c = ollama.Client(host=url)
+            assert "llava:7b" in [m.model for m in c.list().models]
+            vision.stop()
+            time.sleep(1.2)  # past the TTL and the miss path's one second: the list is asked again
+            with pytest.raises(ollama.ResponseError) as info:
+                c.chat(model="bakllava", messages=[{"role": "user", "content": "What?", "images": [IMAGE]}])
+            assert info.value.status_code == 502
+            assert info.value.error.startswith("Ollama Vision is unavailable")
+    finally:
+        vision.stop()
         assert "Ollama Vision" in info.value.error
 
 
