@@ -17,19 +17,17 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from adapter.balancing import Replica
 from adapter.context import RequestFacts
 from adapter.errors import OllamaError, UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
 from adapter.metrics import Metrics
 from adapter.streaming import ndjson_line
-from adapter.translate.responses import StreamTranslator, Timing, rfc3339_utc, whole_response
+from adapter.translate.responses import StreamTranslator, Timing, rfc3339_utc, token_count, whole_response
 from adapter.upstream import STREAM_ERRORS, SSEEvents, Upstream, UpstreamResponse
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,16 +153,11 @@ def as_ndjson(chunks: list[dict[str, Any]]) -> bytes:
     return ndjson_line(chunks[0]) if len(chunks) == 1 else b"".join(map(ndjson_line, chunks))
 
 
-async def ollama_chunks(
-    exchange: Exchange,
-    translator: StreamTranslator,
-    timing: Timing,
-    facts: RequestFacts,
-    metrics: Metrics,
-    encode: Callable[[list[dict[str, Any]]], T],
-) -> AsyncIterator[T]:
-    """Ollama chunks for vLLM's events, a list per network read, the final chunk last, each list
-    passed through `encode` (NDJSON bytes for the client): one generator on the per-chunk path.
+async def ollama_ndjson(
+    exchange: Exchange, translator: StreamTranslator, timing: Timing, facts: RequestFacts, metrics: Metrics
+) -> AsyncIterator[bytes]:
+    """Ollama's NDJSON for vLLM's events, one write per network read, the final chunk last: one
+    generator on the per-chunk path.
 
     A stream that stops before vLLM said why it stopped (no finish_reason, no [DONE]) was cut off:
     it ends with an error, never with `done: true`, so no client takes half an answer for a whole.
@@ -181,10 +174,10 @@ async def ollama_chunks(
                     out += translator.feed(event, created)
             finally:
                 if out:
-                    yield encode(out)  # the tokens before a failing event still reach the client
+                    yield as_ndjson(out)  # the tokens before a failing event still reach the client
     except STREAM_ERRORS as exc:
         raise exchange.failure(exc) from None
-    yield encode(finish(exchange, events, translator, timing, facts, metrics))
+    yield as_ndjson(finish(exchange, events, translator, timing, facts, metrics))
 
 
 async def ollama_whole(
@@ -226,7 +219,7 @@ def finish(
     timing.end = time.perf_counter_ns()
     usage = translator.usage
     if usage:
-        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        prompt, completion = token_count(usage, "prompt_tokens"), token_count(usage, "completion_tokens")
         facts.count_tokens(prompt, completion)
         metrics.prompt_tokens.labels(facts.model_label, facts.backend).inc(prompt)
         metrics.completion_tokens.labels(facts.model_label, facts.backend).inc(completion)

@@ -85,6 +85,12 @@ METRIC_KEYS = (
 )
 
 
+def token_count(usage: dict[str, Any], key: str) -> int:
+    """A count from vLLM's usage; anything but a whole number counts as unknown (0)."""
+    value = usage.get(key)
+    return value if type(value) is int and value >= 0 else 0
+
+
 def final_metrics(timing: Timing, usage: dict[str, Any] | None) -> dict[str, int]:
     """Ollama's final-chunk statistics, in its key order. Counts from vLLM's usage; durations in ns."""
     end = timing.end or timing.start
@@ -94,9 +100,9 @@ def final_metrics(timing: Timing, usage: dict[str, Any] | None) -> dict[str, int
     metrics = {
         "total_duration": max(end - timing.start, 0),
         "load_duration": max(upstream - timing.start, 0),
-        "prompt_eval_count": int(usage.get("prompt_tokens") or 0),
+        "prompt_eval_count": token_count(usage, "prompt_tokens"),
         "prompt_eval_duration": max(first - upstream, 0),
-        "eval_count": int(usage.get("completion_tokens") or 0),
+        "eval_count": token_count(usage, "completion_tokens"),
         "eval_duration": max(end - first, 0),
     }
     return metrics

@@ -871,3 +871,10 @@ def test_error_message_of_unknown_shape_is_a_non_empty_string(payload):
     result = error_message_of(payload)
     assert isinstance(result, str)
     assert result
+
+
+@pytest.mark.parametrize("bad", ["12", 1.5, -3, None, [1], True])
+def test_final_metrics_usage_of_another_shape_counts_as_unknown(bad):
+    # A hostile or broken upstream's usage must not turn into an exception of the gateway's own.
+    metrics = final_metrics(TIMING, {"prompt_tokens": bad, "completion_tokens": bad})
+    assert metrics["prompt_eval_count"] == 0 and metrics["eval_count"] == 0
