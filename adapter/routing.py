@@ -160,7 +160,14 @@ class Router:
             if replica is not None:
                 data = await upstream.get_json("/v1/models")
                 cards = data.get("data") if isinstance(data, dict) else None
-                models = [m for m in cards or () if isinstance(m, dict) and isinstance(m.get("id"), str)]
+                models = [
+                    {
+                        "id": m["id"],
+                        "max_model_len": m.get("max_model_len") if type(m.get("max_model_len")) is int else None,
+                    }
+                    for m in cards or ()
+                    if isinstance(m, dict) and isinstance(m.get("id"), str)
+                ]
             else:
                 models = models_of(await upstream.get_json("/api/tags"))
         except OllamaError as exc:

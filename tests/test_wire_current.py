@@ -7,6 +7,7 @@ server/routes.go (the tags/ps/show shapes, HEAD routes, truncate), and the clien
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ import pytest
 
 from tests.conftest import make_settings, running_gateway
 from tests.standins.ollama import OllamaStandin
+from tests.standins.server import ServerThread
 from tests.standins.vllm import Script, VLLMStandin
 
 # --- HEAD routes, listings ------------------------------------------------------------------------
@@ -103,6 +105,22 @@ def test_pass_through_maps_an_alias(vllm_server, vision_server, vision: OllamaSt
 # --- truncate ------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def short_context(vision_server) -> Iterator[tuple[VLLMStandin, str]]:  # type: ignore[no-untyped-def]
+    """A vLLM stand-in with a 60-token context behind a gateway of its own (the shared gateway's
+    cached model list must not learn a context length other tests do not expect)."""
+    standin = VLLMStandin(models=["tiny"], max_model_len=60)
+    with ServerThread(standin.app()) as server, running_gateway(make_settings(server.url, vision_server[1].url)) as url:
+        yield standin, url
+
+
+@pytest.fixture
+def small(short_context: tuple[VLLMStandin, str]) -> tuple[VLLMStandin, ollama.Client, httpx.Client]:
+    standin, url = short_context
+    standin.requests.clear()
+    return standin, ollama.Client(host=url), httpx.Client(base_url=url, timeout=10)
+
+
 def history(turns: int) -> list[dict[str, str]]:
     """A system prompt, then `turns` user/assistant exchanges of 10 words each, then a question."""
     messages = [{"role": "system", "content": "Be brief."}]
@@ -113,8 +131,8 @@ def history(turns: int) -> list[dict[str, str]]:
     return messages
 
 
-def test_truncate_drops_the_oldest_history_until_the_prompt_fits(client: ollama.Client, vllm: VLLMStandin) -> None:
-    vllm.max_model_len = 60  # the stand-in counts words: the whole history is ~210
+def test_truncate_drops_the_oldest_history_until_the_prompt_fits(small) -> None:  # type: ignore[no-untyped-def]
+    vllm, client, _ = small  # the stand-in counts words: the whole history is ~210, its context 60
     resp = client.chat(model="tiny", messages=history(10))
     assert resp.done and resp.message.content == "Hello from tiny!"
     answered = vllm.requests[-1]["body"]["messages"]
@@ -130,24 +148,22 @@ def test_truncate_drops_the_oldest_history_until_the_prompt_fits(client: ollama.
     assert 1 <= len(tokenized) <= 5  # a binary search, not a call per message
 
 
-def test_truncate_streamed_too(client: ollama.Client, vllm: VLLMStandin) -> None:
-    vllm.max_model_len = 60
+def test_truncate_streamed_too(small) -> None:  # type: ignore[no-untyped-def]
+    _, client, _ = small
     parts = list(client.chat(model="tiny", messages=history(10), stream=True))
     assert "".join(p.message.content for p in parts) == "Hello from tiny!" and parts[-1].done
 
 
-def test_truncate_false_keeps_vllms_400(http: httpx.Client, vllm: VLLMStandin) -> None:
-    vllm.max_model_len = 60
+def test_truncate_false_keeps_vllms_400(small) -> None:  # type: ignore[no-untyped-def]
+    vllm, _, http = small
     r = http.post("/api/chat", json={"model": "tiny", "truncate": False, "stream": False, "messages": history(10)})
     assert r.status_code == 400
     assert "maximum context length is 60 tokens" in r.json()["error"]
     assert not [q for q in vllm.requests if q["path"] == "/tokenize"]
 
 
-def test_truncate_when_even_the_newest_message_cannot_fit_keeps_vllms_400(
-    client: ollama.Client, vllm: VLLMStandin
-) -> None:
-    vllm.max_model_len = 60
+def test_truncate_when_even_the_newest_message_cannot_fit_keeps_vllms_400(small) -> None:  # type: ignore[no-untyped-def]
+    _, client, _ = small
     messages = [*history(2), {"role": "user", "content": "long " * 100}]
     with pytest.raises(ollama.ResponseError) as info:
         client.chat(model="tiny", messages=messages)
