@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +25,9 @@ from adapter.balancing import Replica
 from adapter.context import RequestFacts
 from adapter.errors import OllamaError, UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
 from adapter.metrics import Metrics
-from adapter.streaming import ndjson_line
+from adapter.streaming import DirectBody, ndjson_line
 from adapter.translate.responses import StreamTranslator, Timing, rfc3339_utc, token_count, whole_response
-from adapter.upstream import STREAM_ERRORS, SSEEvents, Upstream, UpstreamResponse
+from adapter.upstream import STREAM_ERRORS, MalformedEvent, SSEEvents, Upstream, UpstreamResponse
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,31 +153,107 @@ def as_ndjson(chunks: list[dict[str, Any]]) -> bytes:
     return ndjson_line(chunks[0]) if len(chunks) == 1 else b"".join(map(ndjson_line, chunks))
 
 
-async def ollama_ndjson(
-    exchange: Exchange, translator: StreamTranslator, timing: Timing, facts: RequestFacts, metrics: Metrics
-) -> AsyncIterator[bytes]:
-    """Ollama's NDJSON for vLLM's events, one write per network read, the final chunk last: one
-    generator on the per-chunk path.
+class OllamaStream:
+    """Ollama's NDJSON for vLLM's SSE events: one write per network read, the final chunk last.
+
+    Two ways to run it, with the same translation: pushed (`push`), where each read is translated
+    and written inside the upstream socket's read callback, which is what the gateway does on
+    uvicorn's httptools server; or as an async iterator of bytes, for any other ASGI server.
 
     A stream that stops before vLLM said why it stopped (no finish_reason, no [DONE]) was cut off:
     it ends with an error, never with `done: true`, so no client takes half an answer for a whole.
     """
-    events = SSEEvents(exchange.response, exchange.upstream.name)
+
+    __slots__ = ("events", "exchange", "facts", "metrics", "timing", "translator")
+
+    def __init__(
+        self, exchange: Exchange, translator: StreamTranslator, timing: Timing, facts: RequestFacts, metrics: Metrics
+    ) -> None:
+        self.exchange = exchange
+        self.translator = translator
+        self.timing = timing
+        self.facts = facts
+        self.metrics = metrics
+        self.events = SSEEvents(exchange.response, exchange.upstream.name)
+
+    def _translate(self, events: list[dict[str, Any]], write: Callable[[bytes], None]) -> None:
+        if not self.timing.first:
+            first_token(self.timing, self.facts, self.metrics)
+        created = rfc3339_utc()
+        feed = self.translator.feed
+        out: list[dict[str, Any]] = []
+        try:
+            for event in events:
+                out += feed(event, created)
+        finally:
+            if out:
+                write(as_ndjson(out))  # the tokens before a failing event still reach the client
+
+    def _read(self, raw: bytes, write: Callable[[bytes], None]) -> None:
+        """One network read of vLLM's body, answered with (at most) one write."""
+        try:
+            events = self.events.feed(raw)
+        except MalformedEvent as exc:
+            if exc.events:
+                self._translate(exc.events, write)
+            raise
+        if events:
+            self._translate(events, write)
+
+    def _last(self) -> bytes:
+        events = self.events.end()
+        out: list[bytes] = []
+        if events:
+            self._translate(events, out.append)
+        return b"".join(out) + as_ndjson(
+            finish(self.exchange, self.events, self.translator, self.timing, self.facts, self.metrics)
+        )
+
+    async def push(self, body: DirectBody) -> None:
+        exchange = self.exchange
+        response = exchange.response
+        write = body.write
+        holding: list[asyncio.Task[None]] = []
+
+        def on_body(raw: bytes) -> None:
+            self._read(raw, write)
+            if body.paused and not holding:  # the client reads slower than vLLM writes: hold vLLM back
+                response.pause_reading()
+                holding.append(asyncio.get_running_loop().create_task(_resume_when_drained(body, response, holding)))
+
+        try:
+            await response.push_body(on_body)
+        except STREAM_ERRORS as exc:
+            if not self.events.done:  # after [DONE], only the body's closing bytes were missing
+                raise exchange.failure(exc) from None
+        write(self._last())
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        out: list[bytes] = []
+        read = self._read
+        try:
+            async for raw in self.exchange.response.aiter_raw():
+                try:
+                    read(raw, out.append)
+                finally:
+                    if out:
+                        yield b"".join(out)
+                        out.clear()
+                if self.events.done:
+                    # The rest is the chunked body's end: read it, so the connection can be reused.
+                    await self.exchange.response.drain(0.1)
+                    break
+        except STREAM_ERRORS as exc:
+            raise self.exchange.failure(exc) from None
+        yield self._last()
+
+
+async def _resume_when_drained(body: DirectBody, response: UpstreamResponse, holding: list[asyncio.Task[None]]) -> None:
     try:
-        async for batch in events:
-            if not timing.first:
-                first_token(timing, facts, metrics)
-            created = rfc3339_utc()
-            out: list[dict[str, Any]] = []
-            try:
-                for event in batch:
-                    out += translator.feed(event, created)
-            finally:
-                if out:
-                    yield as_ndjson(out)  # the tokens before a failing event still reach the client
-    except STREAM_ERRORS as exc:
-        raise exchange.failure(exc) from None
-    yield as_ndjson(finish(exchange, events, translator, timing, facts, metrics))
+        await body.drain()
+    finally:
+        holding.clear()
+    response.resume_reading()
 
 
 async def ollama_whole(

@@ -52,11 +52,59 @@ def mid_stream_error_message(exc: BaseException) -> str:
     return f"internal error while streaming: {type(exc).__name__}"
 
 
+class DirectBody:
+    """Writes body chunks straight onto the connection of uvicorn's httptools server, framed as
+    its own `send` frames them (HTTP/1.1 chunked), from inside a callback: no coroutine per chunk.
+
+    Only for a response whose start went out with chunked encoding; the end of the body still goes
+    through `send`, so uvicorn finishes the response (keep-alive, its state) itself. When the
+    client reads slower than we write, `paused` turns true: the writer stops reading upstream and
+    waits for `drain`.
+    """
+
+    __slots__ = ("_cycle", "_transport")
+
+    def __init__(self, cycle: Any) -> None:
+        self._cycle = cycle
+        self._transport: asyncio.WriteTransport = cycle.transport
+
+    @classmethod
+    def of(cls, server_send: Send) -> DirectBody | None:
+        """The direct writer behind the server's `send`, if the server is one we know how to write for."""
+        cycle = getattr(server_send, "__self__", None)
+        if type(cycle).__module__ != "uvicorn.protocols.http.httptools_impl":
+            return None
+        if getattr(cycle, "chunked_encoding", None) is not True or getattr(cycle, "response_complete", True):
+            return None
+        return cls(cycle)
+
+    def write(self, data: bytes) -> None:
+        if not self._cycle.disconnected:
+            self._transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+
+    @property
+    def paused(self) -> bool:
+        return self._cycle.flow.write_paused
+
+    @property
+    def gone(self) -> bool:
+        return self._cycle.disconnected
+
+    async def drain(self) -> None:
+        await self._cycle.flow.drain()
+
+
+# A producer that pushes a whole body through a DirectBody, returning when it is written.
+Pusher = Callable[[DirectBody], Awaitable[None]]
+
+
 class StreamResponse:
     """An ASGI response that writes `chunks` as they come and watches for the client leaving.
 
-    `chunks` yields bytes; an exception from it after the headers were sent becomes `error_line`
-    (when the body format has one), else the body just ends. `on_close` runs exactly once, however
+    `chunks` yields bytes. With `push`, on a server DirectBody can write to, the body is pushed
+    instead, chunk by chunk from inside the upstream's read callback, and `chunks` is never started.
+    An exception from either after the headers were sent becomes `error_line` (when the body format
+    has one), else the body just ends. `on_close` runs exactly once, however
     the stream ends (finished, failed, client gone): that is where the upstream response is closed.
     """
 
@@ -69,8 +117,10 @@ class StreamResponse:
         headers: list[tuple[bytes, bytes]] | None = None,
         on_close: Callable[[], None] | None = None,
         error_line: ErrorLine | None = ndjson_error_line,
+        push: Pusher | None = None,
     ) -> None:
         self.chunks = chunks
+        self.push = push
         self.media_type = media_type
         self.status = status
         self.headers = headers or []
@@ -98,9 +148,13 @@ class StreamResponse:
         four coroutine calls fewer on the hot path."""
         headers = [(b"content-type", self.media_type), *self.headers]
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        direct = DirectBody.of(body_send) if self.push is not None else None
         try:
-            async for chunk in self.chunks:
-                await body_send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if direct is not None and self.push is not None:
+                await self.push(direct)
+            else:
+                async for chunk in self.chunks:
+                    await body_send({"type": "http.response.body", "body": chunk, "more_body": True})
         except Exception as exc:  # after the first byte: report in-band, keep the status
             message = mid_stream_error_message(exc)
             if isinstance(exc, OllamaError):

@@ -98,6 +98,37 @@ class UpstreamResponse:
         except (*STREAM_ERRORS, ValueError):
             pass
 
+    async def push_body(self, on_body: Callable[[bytes], None]) -> None:
+        """Hand every piece of the body to `on_body` the moment it is parsed, inside the socket's
+        own read callback, and return once the body has ended.
+
+        The per-chunk path of a stream then costs no task wake-up, no future and no await: aiohttp
+        still owns the connection (pool, parser, chunked decoding, timeouts, release), and a thin
+        protocol in front of its own hands over what it parsed. An exception from `on_body` ends
+        the body with that exception, as does a read timeout or a lost connection.
+        """
+        content = self._raw.content
+        pending = content.read_nowait()  # what came with the headers
+        if pending:
+            on_body(pending)
+        connection = self._raw.connection
+        if not content.is_eof() and connection is not None and connection.transport is not None:
+            _BodyTap(connection.transport, connection.protocol, content, on_body)
+        await content.wait_eof()
+        rest = content.read_nowait()  # anything parsed together with the end
+        if rest:
+            on_body(rest)
+
+    def pause_reading(self) -> None:
+        connection = self._raw.connection
+        if connection is not None and connection.transport is not None:
+            connection.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        connection = self._raw.connection
+        if connection is not None and connection.transport is not None:
+            connection.transport.resume_reading()
+
     def close(self) -> None:
         """A fully read body gives the connection back to the pool; otherwise the connection is
         closed, which is how vLLM learns that nobody wants the rest (it aborts the request)."""
@@ -105,6 +136,53 @@ class UpstreamResponse:
             self._raw.release()
         else:
             self._raw.close()
+
+
+class _BodyTap(asyncio.Protocol):
+    """Stands in front of aiohttp's protocol on one connection while a body is pushed: every read
+    goes to aiohttp first, which parses it into the body's buffer, and the parsed bytes go straight
+    on to the consumer. At the body's end aiohttp's own protocol is put back, so the connection
+    returns to the pool as aiohttp left it."""
+
+    __slots__ = ("content", "inner", "on_body", "transport")
+
+    def __init__(
+        self,
+        transport: asyncio.BaseTransport,
+        inner: asyncio.BaseProtocol,
+        content: aiohttp.StreamReader,
+        on_body: Callable[[bytes], None],
+    ) -> None:
+        self.transport = transport
+        self.inner: Any = inner
+        self.content = content
+        self.on_body = on_body
+        transport.set_protocol(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+        content = self.content
+        if content.exception() is None:
+            body = content.read_nowait()
+            if body:
+                try:
+                    self.on_body(body)
+                except Exception as exc:  # the consumer refused it: the body ends with its reason
+                    content.set_exception(exc)
+        if content.is_eof() or content.exception() is not None:
+            self.transport.set_protocol(self.inner)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
 
 
 class Upstream:
@@ -306,30 +384,41 @@ def _describe(exc: BaseException) -> str:
 
 
 class SSEEvents:
-    """An OpenAI-style SSE body as JSON objects, one list per network read (the events that arrived
-    together, so the caller can answer them with one write), up to `data: [DONE]`.
+    """An OpenAI-style SSE body as JSON objects, up to `data: [DONE]`, parsed as its bytes arrive.
 
-    Works on bytes (no per-line decoding): only `data:` lines matter; comments, `event:` and blank
-    lines are skipped. After [DONE] the body is read to its end, so the connection can be reused.
-    `done` tells afterwards whether [DONE] came: a body that just stops was cut off.
+    `feed` takes the body's bytes as they come off the socket and returns the events completed by
+    them (the events that arrived together, so the caller can answer them with one write). It works
+    on bytes (no per-line decoding): only `data:` lines matter; comments, `event:` and blank lines
+    are skipped. `done` tells whether [DONE] came: a body that just stops was cut off.
     """
 
-    __slots__ = ("backend", "done", "response")
+    __slots__ = ("_buffer", "backend", "done", "response")
 
     def __init__(self, response: UpstreamResponse, backend: str) -> None:
         self.response = response
         self.backend = backend
         self.done = False
+        self._buffer = b""
 
     def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]:
         return self._batches()
 
-    def _malformed(self, payload: bytes) -> UpstreamFailed:
-        return UpstreamFailed(self.backend, f"malformed stream event {payload[:200]!r}")
+    def feed(self, raw: bytes) -> list[dict[str, Any]]:
+        """The events these bytes complete. A malformed event raises, carrying the events before it
+        (they still reach the client)."""
+        buffer = self._buffer + raw if self._buffer else raw
+        if b"\n" not in raw or self.done:
+            self._buffer = buffer if not self.done else b""
+            return []
+        *lines, self._buffer = buffer.split(b"\n")
+        return self._events(lines)
 
-    def _events(self, lines: list[bytes]) -> tuple[list[dict[str, Any]], bytes | None]:
-        """The JSON events of these lines, up to [DONE]; and the first malformed payload, if any
-        (the events before it are kept: they still reach the client)."""
+    def end(self) -> list[dict[str, Any]]:
+        """The events of a last line that had no newline, once the body has ended."""
+        rest, self._buffer = self._buffer.strip(), b""
+        return self._events([rest]) if rest and not self.done else []
+
+    def _events(self, lines: list[bytes]) -> list[dict[str, Any]]:
         events = []
         for line in lines:
             if not line.startswith(b"data:"):
@@ -342,29 +431,21 @@ class SSEEvents:
                 try:
                     events.append(orjson.loads(payload))
                 except orjson.JSONDecodeError:
-                    return events, payload
-        return events, None
+                    raise MalformedEvent(self.backend, payload, events) from None
+        return events
 
     async def _batches(self) -> AsyncIterator[list[dict[str, Any]]]:
-        buffer = b""
         async for raw in self.response.aiter_raw():
-            buffer = buffer + raw if buffer else raw
-            if b"\n" not in raw:
-                continue
-            *lines, buffer = buffer.split(b"\n")
-            events, malformed = self._events(lines)
+            events = self.feed(raw)
             if events:
                 yield events
-            if malformed is not None:
-                raise self._malformed(malformed)
             if self.done:
+                # The rest is the chunked body's end: read it, so the connection can be reused.
                 await self.response.drain(0.1)
                 return
-        events, malformed = self._events([buffer.strip()])
+        events = self.end()
         if events:
             yield events
-        if malformed is not None:
-            raise self._malformed(malformed)
 
     async def whole(self, on_first: Callable[[], None]) -> list[dict[str, Any]]:
         """Every event of a body read to its end: for an answer wanted whole, the body is taken in
@@ -373,7 +454,13 @@ class SSEEvents:
         if first:
             on_first()
         rest = await self.response.aread() if first else b""
-        events, malformed = self._events((first + rest).split(b"\n"))
-        if malformed is not None:
-            raise self._malformed(malformed)
-        return events
+        events = self.feed(first + rest)
+        return events + self.end()
+
+
+class MalformedEvent(UpstreamFailed):
+    """An SSE event that is not JSON. `events` are the good ones that came before it."""
+
+    def __init__(self, backend: str, payload: bytes, events: list[dict[str, Any]]) -> None:
+        super().__init__(backend, f"malformed stream event {payload[:200]!r}")
+        self.events = events

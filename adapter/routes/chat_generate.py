@@ -19,7 +19,7 @@ from adapter.balancing import Replica
 from adapter.catalog import FIM_TEMPLATES
 from adapter.context import RequestFacts, facts_of
 from adapter.errors import BadRequest, UpstreamHTTPError, UpstreamUnavailable
-from adapter.exchange import Exchange, ollama_ndjson, ollama_whole, open_exchange
+from adapter.exchange import Exchange, OllamaStream, ollama_whole, open_exchange
 from adapter.gateway import Gateway
 from adapter.relay import Relay, relay
 from adapter.routing import Route
@@ -170,8 +170,8 @@ async def _answer(gw: Gateway, request: Request, route: Route, call: VllmCall, b
         if call.stream:
             exchange = await until_disconnect(request.receive, _open(gw, facts, call, candidates))
             translator = StreamTranslator(call.model, call.target, call.logprobs)
-            chunks = ollama_ndjson(exchange, translator, call.timing, facts, gw.metrics)
-            return StreamResponse(chunks, on_close=exchange.close)
+            stream = OllamaStream(exchange, translator, call.timing, facts, gw.metrics)
+            return StreamResponse(stream.chunks(), push=stream.push, on_close=exchange.close)
         return json_response(await until_disconnect(request.receive, _whole(gw, facts, call, candidates)))
     except UpstreamUnavailable as exc:
         fallback = gw.router.fallback(route)
