@@ -9,6 +9,7 @@ replica (the canary's too), once, with max_tokens 1, its system prompt and messa
 from __future__ import annotations
 
 import contextlib
+import socket
 import subprocess
 import sys
 import time
@@ -21,8 +22,9 @@ import httpx
 import pytest
 import yaml
 
+from adapter.catalog import load_catalog, normalize_name
 from adapter.routing import REPLICA_HEADER
-from adapter.warm import run
+from adapter.warm import load_templates, run
 from tests.conftest import make_settings, running_gateway
 from tests.standins.ollama import OllamaStandin
 from tests.standins.server import ServerThread, free_port
@@ -165,8 +167,6 @@ def test_a_gateway_that_is_down_fails_at_once_with_one_line(tmp_path: Path) -> N
 def test_a_gateway_that_never_answers_is_bounded_by_the_timeout(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import socket
-
     with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
@@ -235,3 +235,10 @@ def test_a_pinned_replica_that_is_down_answers_its_failure(tmp_path: Path, visio
         r = http.post("/api/chat", json=body, headers={REPLICA_HEADER: f.replica_urls[2]})
         assert r.status_code == 503, r.text  # not balanced away to a healthy replica
         assert sum(len(chats(s)) for s in f.all) == 1
+
+
+def test_the_example_templates_name_models_of_the_example_catalog() -> None:
+    catalog = load_catalog(ROOT / "examples" / "models-policy.yaml")
+    names = {normalize_name(n) for e in catalog.models if e.backend != "ollama" for n in (e.name, *e.aliases)}
+    plan = load_templates(ROOT / "examples" / "warm-templates.yaml")
+    assert {normalize_name(m) for m in plan.models} <= names
