@@ -222,7 +222,7 @@ class OllamaStream:
                 holding.append(asyncio.get_running_loop().create_task(_resume_when_drained(body, response, holding)))
 
         try:
-            await response.push_body(on_body)
+            await response.push_body(on_body, exchange.timeouts.first_token)
         except STREAM_ERRORS as exc:
             if not self.events.done:  # after [DONE], only the body's closing bytes were missing
                 raise exchange.failure(exc) from None

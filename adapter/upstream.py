@@ -98,23 +98,29 @@ class UpstreamResponse:
         except (*STREAM_ERRORS, ValueError):
             pass
 
-    async def push_body(self, on_body: Callable[[bytes], None]) -> None:
+    async def push_body(self, on_body: Callable[[bytes], None], idle_timeout: float | None) -> None:
         """Hand every piece of the body to `on_body` the moment it is parsed, inside the socket's
         own read callback, and return once the body has ended.
 
         The per-chunk path of a stream then costs no task wake-up, no future and no await: aiohttp
         still owns the connection (pool, parser, chunked decoding, timeouts, release), and a thin
         protocol in front of its own hands over what it parsed. An exception from `on_body` ends
-        the body with that exception, as does a read timeout or a lost connection.
+        the body with that exception, as does a lost connection, or `idle_timeout` seconds without
+        data (TimeoutError).
         """
         content = self._raw.content
         pending = content.read_nowait()  # what came with the headers
         if pending:
             on_body(pending)
         connection = self._raw.connection
+        tap = None
         if not content.is_eof() and connection is not None and connection.transport is not None:
-            _BodyTap(connection.transport, connection.protocol, content, on_body)
-        await content.wait_eof()
+            tap = _BodyTap(connection.transport, connection.protocol, content, on_body, idle_timeout)
+        try:
+            await content.wait_eof()
+        finally:
+            if tap is not None:
+                tap.stop_watching()
         rest = content.read_nowait()  # anything parsed together with the end
         if rest:
             on_body(rest)
@@ -142,9 +148,12 @@ class _BodyTap(asyncio.Protocol):
     """Stands in front of aiohttp's protocol on one connection while a body is pushed: every read
     goes to aiohttp first, which parses it into the body's buffer, and the parsed bytes go straight
     on to the consumer. At the body's end aiohttp's own protocol is put back, so the connection
-    returns to the pool as aiohttp left it."""
+    returns to the pool as aiohttp left it.
 
-    __slots__ = ("content", "inner", "on_body", "transport")
+    The wait for data is bounded here rather than by aiohttp's read timeout, which re-arms a timer
+    on every read: one timer per body, which on firing looks at when data last came."""
+
+    __slots__ = ("_idle", "_last", "_loop", "_timer", "content", "inner", "on_body", "transport")
 
     def __init__(
         self,
@@ -152,14 +161,38 @@ class _BodyTap(asyncio.Protocol):
         inner: asyncio.BaseProtocol,
         content: aiohttp.StreamReader,
         on_body: Callable[[bytes], None],
+        idle_timeout: float | None,
     ) -> None:
         self.transport = transport
         self.inner: Any = inner
         self.content = content
         self.on_body = on_body
+        self._loop = asyncio.get_running_loop()
+        self._idle = idle_timeout
+        self._last = self._loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+        if idle_timeout:
+            self.inner.read_timeout = None  # its timer already armed is dropped at the next read
+            self._timer = self._loop.call_at(self._last + idle_timeout, self._check_idle)
         transport.set_protocol(self)
 
+    def _check_idle(self) -> None:
+        assert self._idle is not None
+        due = self._last + self._idle
+        if self._loop.time() < due:
+            self._timer = self._loop.call_at(due, self._check_idle)
+            return
+        self._timer = None
+        if not self.content.is_eof() and self.content.exception() is None:
+            self.content.set_exception(TimeoutError(f"no data for {self._idle:g} s"))
+
+    def stop_watching(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def data_received(self, data: bytes) -> None:
+        self._last = self._loop.time()
         self.inner.data_received(data)
         content = self.content
         if content.exception() is None:
