@@ -33,6 +33,7 @@ from adapter.translate.requests import (
     ollama_generate_to_openai_chat,
     ollama_generate_to_openai_completion,
     ollama_messages_have_images,
+    with_cache_salt,
 )
 from adapter.translate.responses import StreamTranslator, Target, Timing, load_response, rfc3339_utc
 from adapter.upstream import Upstream
@@ -215,7 +216,7 @@ async def _send(
         candidates,
         "POST",
         path,
-        orjson.dumps(payload),
+        orjson.dumps(with_cache_salt(payload, facts.cache_salt)),
         facts=facts,
         timeouts=gw.timeouts,
         read_timeout=gw.timeouts.first_token,

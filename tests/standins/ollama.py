@@ -61,7 +61,8 @@ class OllamaStandin:
     async def _record(self, request: Request) -> dict[str, Any]:
         raw = await request.body()
         body = orjson.loads(raw) if raw else {}
-        self.requests.append({"path": request.url.path, "method": request.method, "body": body})
+        record = {"path": request.url.path, "method": request.method, "body": body, "headers": dict(request.headers)}
+        self.requests.append(record)
         return body
 
     async def tags(self, request: Request) -> Response:
