@@ -175,7 +175,7 @@ def create_app(
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await gateway.aclose()
             if tracing is not None:
-                # In a thread: the last export may wait on an unreachable collector (its own timeout).
+                # In a thread: the last export may wait on an unreachable collector (bounded).
                 await asyncio.to_thread(tracing.shutdown)
 
     app = GatewayApp(

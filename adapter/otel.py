@@ -183,6 +183,12 @@ class OtelTracing:
         )
         return ServerRequestTrace(self, span)
 
-    def shutdown(self) -> None:
-        """Send what is queued (bounded: the exporter's own timeout), then stop the export thread."""
-        self.provider.shutdown()
+    def shutdown(self, grace: float = 2.0) -> None:
+        """Send what is queued, waiting at most `grace` seconds: a collector that does not answer
+        must not hold the gateway's exit for the exporter's retries (10 s by default)."""
+        flushing = threading.Thread(target=self.provider.shutdown, name="otel-shutdown", daemon=True)
+        flushing.start()
+        flushing.join(grace)
+        if flushing.is_alive():
+            self.exporter.shutdown()  # cuts the exporter's back-off short; the batch is dropped
+            flushing.join(1.0)
