@@ -163,13 +163,16 @@ def _write_secrets(path: Path, secrets_by_name: dict[str, str]) -> None:
 def ensure_secrets(path: Path, names: list[str]) -> dict[str, str]:
     """The secrets of these tenants, creating the missing ones (kept: a restart keeps the salts,
     so the tenants' cached prefixes stay reachable)."""
+    stored = _read_secrets(path)
+    if all(n in stored for n in names):
+        # Nothing to write, so no lock: the file may be mounted read-only (a Kubernetes Secret shared
+        # by several gateway pods, so they all send a tenant the same salt).
+        return {n: stored[n] for n in names}
     try:
         with _locked(path):
             stored = _read_secrets(path)
-            missing = [n for n in names if n not in stored]
-            if missing:
-                stored.update({n: secrets.token_hex(32) for n in missing})
-                _write_secrets(path, stored)
+            stored.update({n: secrets.token_hex(32) for n in names if n not in stored})
+            _write_secrets(path, stored)
     except OSError as exc:
         raise TenantsError(f"tenant secrets file {path}: cannot write it ({exc.strerror or exc})") from None
     return {n: stored[n] for n in names}

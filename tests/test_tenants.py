@@ -289,3 +289,16 @@ def test_rotate_then_sighup_changes_the_salt_the_gateway_sends(
         assert salt_sent() != before
     bad = run_adapter("tenant", "rotate", "nobody", env=env)
     assert bad.returncode != 0 and "not valid YAML" in bad.stderr
+
+
+def test_a_complete_secrets_file_is_only_read(keys_file: Path) -> None:
+    """Shared read-only (a Kubernetes Secret): nothing is written or locked next to it."""
+    first = load_tenants(keys_file, None)
+    state = secrets_path(keys_file)
+    for leftover in keys_file.parent.glob("*.lock"):
+        leftover.unlink()
+    written = state.stat().st_mtime_ns
+    again = load_tenants(keys_file, None)
+    assert first is not None and again is not None
+    assert again.lookup(b"globex-key") == first.lookup(b"globex-key")
+    assert state.stat().st_mtime_ns == written and not list(keys_file.parent.glob("*.lock"))
