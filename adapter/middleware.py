@@ -31,6 +31,8 @@ _DEFAULT_ORIGIN = re.compile(
     re.IGNORECASE,
 )
 _OPEN_PATHS = ("/", "/health")
+# Probes and scrapes, every few seconds: spans of them would only bury the requests worth following.
+_UNTRACED = ("/", "/health", "/metrics")
 _CORS_HEADERS = [
     (b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"),
     (
@@ -130,7 +132,7 @@ class GatewayMiddleware:
                 await send({"type": "http.response.body", "body": b""})
                 return
 
-        if self.tracing is not None:
+        if self.tracing is not None and path not in _UNTRACED:
             facts.trace = self.tracing.start_request(scope["method"], facts.endpoint, traceparent, tracestate)
 
         keys = self.keys.keys
