@@ -255,7 +255,9 @@ def test_hash_key_command(tmp_path: Path) -> None:
     assert proc.returncode == 0 and proc.stdout.strip() == key_digest("acme-key-1")
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_rotate_then_sighup_changes_the_salt_the_gateway_sends(
+    workers: int,
     tmp_path: Path,
     keys_file: Path,
     vllm_server: tuple[VLLMStandin, object],
@@ -266,6 +268,7 @@ def test_rotate_then_sighup_changes_the_salt_the_gateway_sends(
         ADAPTER_API_KEYS_FILE=str(keys_file),
         VLLM_BASE_URL=vllm_server[1].url,  # type: ignore[attr-defined]
         VISION_OLLAMA_URL=vision_server[1].url,  # type: ignore[attr-defined]
+        ADAPTER_WORKERS=str(workers),
     )
 
     def salt_sent() -> str:
@@ -280,12 +283,13 @@ def test_rotate_then_sighup_changes_the_salt_the_gateway_sends(
         assert proc.returncode == 0 and "SIGHUP" in proc.stdout, proc.stderr
         assert salt_sent() == before  # nothing changes until the gateway reloads
         gw.hangup()
-        assert wait_for(lambda: salt_sent() != before), gw.log()
-        assert "keys reloaded" in gw.log()
+        # Every worker reads the keys again (the main process forwards SIGHUP), then sends the new salt.
+        assert wait_for(lambda: gw.log().count("keys reloaded") == workers), gw.log()
+        assert before not in {salt_sent() for _ in range(8)}
         # A keys file gone bad on SIGHUP is refused: the keys in force keep working.
         keys_file.write_text("tenants: [broken\n")
         gw.hangup()
-        assert wait_for(lambda: "keys reload refused" in gw.log()), gw.log()
+        assert wait_for(lambda: gw.log().count("keys reload refused") == workers), gw.log()
         assert salt_sent() != before
     bad = run_adapter("tenant", "rotate", "nobody", env=env)
     assert bad.returncode != 0 and "not valid YAML" in bad.stderr
