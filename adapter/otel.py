@@ -137,6 +137,8 @@ def request_attributes(facts: RequestFacts, status: int) -> dict[str, Any]:
     operation = OPERATIONS.get(facts.endpoint)
     if operation is not None:
         attributes["gen_ai.operation.name"] = operation
+        if facts.backend != "none":
+            attributes["gen_ai.provider.name"] = "ollama" if facts.backend == "ollama" else "vllm"
     optional: dict[str, Any] = {
         "gen_ai.request.model": facts.model,
         "gen_ai.response.model": facts.model_label if facts.model_label != "none" else None,

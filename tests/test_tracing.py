@@ -152,7 +152,7 @@ def test_a_streamed_chat_is_one_trace_from_the_client_into_vllm(
     assert sent["tracestate"] == "vendor=opaque"
 
     attrs = server.attributes
-    assert attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["gen_ai.operation.name"] == "chat" and attrs["gen_ai.provider.name"] == "vllm"
     assert attrs["gen_ai.request.model"] == "tiny" and attrs["gen_ai.response.model"] == "tiny"
     assert attrs["gen_ai.usage.input_tokens"] > 0 and attrs["gen_ai.usage.output_tokens"] > 0
     assert 0 < attrs["gen_ai.latency.time_to_first_token"] < 10
@@ -180,6 +180,7 @@ def test_a_request_without_trace_context_starts_a_trace_and_vision_calls_are_tra
     assert server.parent_span_id == "" and server.trace_id != CLIENT_TRACE_ID
     assert server.attributes["gen_ai.operation.name"] == "embeddings"
     assert server.attributes["vllm_ollama_adapter.backend"] == "ollama"
+    assert server.attributes["gen_ai.provider.name"] == "ollama"
     (call,) = collector.find(lambda s: s.parent_span_id == server.span_id)
     assert call.attributes["peer.service"] == "Ollama Vision"
     # Flags 03: sampled, and (W3C trace context level 2) a random trace id the gateway made.
