@@ -45,6 +45,7 @@ class ReceivedSpan:
     parent_span_id: str
     attributes: dict[str, Any]
     service: str
+    start: int  # ns since the epoch
 
 
 def _value(value: AnyValue) -> Any:
@@ -81,6 +82,7 @@ class OtlpReceiver:
                                 span.parent_span_id.hex(),
                                 {a.key: _value(a.value) for a in span.attributes},
                                 str(resource.get("service.name", "")),
+                                span.start_time_unix_nano,
                             )
                         )
         return Response(b"", media_type="application/x-protobuf")
@@ -185,6 +187,53 @@ def test_a_request_without_trace_context_starts_a_trace_and_vision_calls_are_tra
     assert call.attributes["peer.service"] == "Ollama Vision"
     # Flags 03: sampled, and (W3C trace context level 2) a random trace id the gateway made.
     assert vision.requests[-1]["headers"]["traceparent"] == f"00-{server.trace_id}-{call.span_id}-03"
+
+
+def test_calls_made_outside_an_exchange_are_traced_too(
+    traced_gateway: str, receiver: tuple[OtlpReceiver, str], vision: OllamaStandin
+) -> None:
+    """A blob upload and Ollama Vision's /api/ps (vLLM's /tokenize goes the same way)."""
+    collector = receiver[0]
+    digest = "sha256:" + "b" * 64
+    r = httpx.post(traced_gateway + f"/api/blobs/{digest}", content=b"x" * 1000, headers={"X-Request-ID": "blob"})
+    assert r.status_code == 201
+    (server,) = collector.find(lambda s: s.attributes.get("vllm_ollama_adapter.request_id") == "blob")
+    (call,) = collector.find(lambda s: s.parent_span_id == server.span_id)
+    assert call.name == f"POST /api/blobs/{digest}" and call.attributes["http.response.status_code"] == 201
+    assert vision.requests[-1]["headers"]["traceparent"] == f"00-{server.trace_id}-{call.span_id}-03"
+
+    assert httpx.get(traced_gateway + "/api/ps", headers={"X-Request-ID": "ps"}).status_code == 200
+    (server,) = collector.find(lambda s: s.attributes.get("vllm_ollama_adapter.request_id") == "ps")
+    (call,) = collector.find(lambda s: s.parent_span_id == server.span_id)
+    assert call.name == "GET /api/ps" and call.attributes["http.response.status_code"] == 200
+
+
+def test_a_truncated_chat_shows_every_call_it_took(
+    receiver: tuple[OtlpReceiver, str],
+    vision_server: tuple[OllamaStandin, ServerThread],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Too long for vLLM's context: the refused attempt, the /tokenize search, the answer, in order."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver[1])
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    collector = receiver[0]
+    standin = VLLMStandin(models=["tiny"], max_model_len=60)  # counts words: the history below is ~210
+    messages = [{"role": "user", "content": f"turn {i} " + "word " * 8} for i in range(20)]
+    with ServerThread(standin.app()) as vllm_server:
+        settings = make_settings(vllm_server.url, vision_server[1].url, llm_trace_exporter="otlp")
+        with running_gateway(settings) as url:
+            body = {"model": "tiny", "messages": messages, "stream": False}
+            r = httpx.post(url + "/api/chat", json=body, headers={"X-Request-ID": "truncated"}, timeout=10)
+    assert r.status_code == 200
+    (server,) = collector.find(lambda s: s.attributes.get("vllm_ollama_adapter.request_id") == "truncated")
+    calls = collector.find(lambda s: s.parent_span_id == server.span_id)
+    names = [c.name for c in sorted(calls, key=lambda c: c.start)]
+    assert names[0] == names[-1] == "POST /v1/chat/completions" and len(names) >= 3
+    assert set(names[1:-1]) == {"POST /tokenize"}
+    statuses = [c.attributes["http.response.status_code"] for c in sorted(calls, key=lambda c: c.start)]
+    assert statuses[0] == 400 and statuses[-1] == 200
+    sent = {r["headers"]["traceparent"].split("-")[2] for r in standin.requests}
+    assert sent == {c.span_id for c in calls}
 
 
 def test_an_unreachable_collector_costs_requests_nothing_and_is_logged_once(

@@ -234,7 +234,8 @@ class OllamaStandin:
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
-        self.requests.append({"path": request.url.path, "method": "POST", "body": {"size": size}})
+        record = {"path": request.url.path, "method": "POST", "body": {"size": size}, "headers": dict(request.headers)}
+        self.requests.append(record)
         return Response(b"", status_code=201)
 
     async def openai_embeddings(self, request: Request) -> Response:
