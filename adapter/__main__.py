@@ -1,6 +1,7 @@
 """`python -m adapter` / `vllm-ollama-adapter`: parse flags, load settings, run uvicorn (one process or
 ADAPTER_WORKERS of them on one port); `canary-check MODEL` smoke-tests a canary; `warm FILE` fills
-every replica's prefix cache with high-traffic prompt templates."""
+every replica's prefix cache with high-traffic prompt templates; `tenant rotate NAME` and
+`tenant hash-key` manage ADAPTER_API_KEYS_FILE's tenants."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 from adapter.catalog import Catalog, CatalogError, load_catalog
 from adapter.config import Settings, describe_validation_error
 from adapter.process import prepare
+from adapter.tenants import TenantsError, key_digest, load_tenants, rotate
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,7 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models-file", help="YAML model catalog (env ADAPTER_MODELS_FILE)")
     parser.add_argument("--workers", type=int, help="worker processes on one port (env ADAPTER_WORKERS, default 1)")
     parser.epilog = (
-        "Also: vllm-ollama-adapter canary-check MODEL, vllm-ollama-adapter warm FILE (see each one's --help)."
+        "Also: vllm-ollama-adapter canary-check MODEL, vllm-ollama-adapter warm FILE, "
+        "vllm-ollama-adapter tenant {rotate NAME,hash-key} (see each one's --help)."
     )
     return parser.parse_args(argv)
 
@@ -91,6 +94,31 @@ def check_backend_clashes(settings: Settings, catalog: Catalog) -> str | None:
     )
 
 
+def check_tenants_and_tracing(settings: Settings) -> str | None:
+    """The keys file read (and the missing tenant secrets made, once, before any worker starts), and
+    the tracing extra present when tracing is asked for: a problem in one line, or None."""
+    api_key = settings.adapter_api_key.get_secret_value() if settings.adapter_api_key else None
+    try:
+        load_tenants(settings.adapter_api_keys_file, api_key)
+    except TenantsError as exc:
+        return str(exc)
+    if settings.llm_trace_exporter == "otlp":
+        if not all(_spec_found(name) for name in ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")):
+            return "LLM_TRACE_EXPORTER=otlp needs the OpenTelemetry SDK: pip install 'vllm-ollama-adapter[tracing]'"
+    return None
+
+
+def _spec_found(name: str) -> bool:
+    """Whether a module is installed, without importing it (a parent package is imported, but
+    opentelemetry's top level is a namespace package: nothing runs)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def serve(argv: list[str] | None) -> None:
     args = parse_args(argv)
     try:
@@ -100,6 +128,9 @@ def serve(argv: list[str] | None) -> None:
         sys.exit(f"vllm-ollama-adapter: invalid settings: {describe_validation_error(exc)}")
     except CatalogError as exc:
         sys.exit(f"vllm-ollama-adapter: {exc}")
+    problem = check_tenants_and_tracing(settings)
+    if problem:
+        sys.exit(f"vllm-ollama-adapter: {problem}")
     clash = check_backend_clashes(settings, catalog)
     if clash:
         sys.exit(f"vllm-ollama-adapter: {clash}")
@@ -219,12 +250,51 @@ def warm(argv: list[str]) -> None:
     sys.exit(run(Path(args.file), args.gateway, concurrency=args.concurrency, timeout=args.timeout, api_key=api_key))
 
 
+def tenant_command(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="vllm-ollama-adapter tenant", description="Manage the tenants of ADAPTER_API_KEYS_FILE."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    rotate_parser = commands.add_parser(
+        "rotate",
+        help="give a tenant a new secret: its prefix-cache salt changes, so its cached prefixes can no "
+        "longer be reached; takes effect when the gateway reloads (SIGHUP)",
+    )
+    rotate_parser.add_argument("name", help="the tenant, as ADAPTER_API_KEYS_FILE names it")
+    rotate_parser.add_argument("--keys-file", help="the keys file (env ADAPTER_API_KEYS_FILE)")
+    commands.add_parser("hash-key", help="read a key on standard input, print the digest the keys file lists for it")
+    args = parser.parse_args(argv)
+    if args.command == "hash-key":
+        key = sys.stdin.readline().rstrip("\r\n")
+        if not key:
+            sys.exit("tenant hash-key: no key on standard input")
+        print(key_digest(key))
+        return
+    try:
+        overrides = {"adapter_api_keys_file": args.keys_file} if args.keys_file else {}
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        sys.exit(f"tenant rotate: invalid settings: {describe_validation_error(exc)}")
+    if settings.adapter_api_keys_file is None:
+        sys.exit("tenant rotate: no keys file: set ADAPTER_API_KEYS_FILE or --keys-file")
+    try:
+        rotate(settings.adapter_api_keys_file, args.name)
+    except TenantsError as exc:
+        sys.exit(f"tenant rotate: {exc}")
+    print(
+        f"tenant {args.name!r}: new secret; its cached prefixes are unreachable once the gateway reloads "
+        "(send it SIGHUP: kill -HUP <pid>, docker compose kill -s HUP vllm-adapter)"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["canary-check"]:
         canary_check(argv[1:])
     elif argv[:1] == ["warm"]:
         warm(argv[1:])
+    elif argv[:1] == ["tenant"]:
+        tenant_command(argv[1:])
     else:
         serve(argv)
 

@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from adapter.catalog import Catalog, CatalogError, load_catalog
 from adapter.config import Settings
+from adapter.context import Tracing
 from adapter.errors import OllamaError, error_response, response_for
 from adapter.gateway import Gateway
 from adapter.metrics import Metrics
@@ -27,6 +28,7 @@ from adapter.middleware import GatewayMiddleware
 from adapter.process import prepare
 from adapter.routes import chat_generate, models, openai_compat, ops, passthrough
 from adapter.streaming import SERVER_SEND
+from adapter.tenants import KeyRing, TenantsError
 
 log = logging.getLogger("adapter")
 
@@ -40,21 +42,45 @@ class GatewayApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def reload_on_hangup(gateway: Gateway, path: Path | None) -> bool:
-    """SIGHUP reloads ADAPTER_MODELS_FILE. Signals reach only the main thread's loop (tests run
-    apps in other threads): whether the handler is installed."""
-    if path is None or threading.current_thread() is not threading.main_thread():
+def reload_on_hangup(gateway: Gateway, path: Path | None, keys: KeyRing) -> bool:
+    """SIGHUP reloads ADAPTER_MODELS_FILE and ADAPTER_API_KEYS_FILE (with the tenants' secrets: a
+    rotated one takes effect). Signals reach only the main thread's loop (tests run apps in other
+    threads): whether the handler is installed."""
+    if (path is None and keys.keys_file is None) or threading.current_thread() is not threading.main_thread():
         return False
     loop = asyncio.get_running_loop()
 
     def hangup() -> None:
-        gateway.spawn(gateway.reload(path))
+        if keys.keys_file is not None:
+            reload_keys(keys)
+        if path is not None:
+            gateway.spawn(gateway.reload(path))
 
     try:
         loop.add_signal_handler(signal.SIGHUP, hangup)
     except (NotImplementedError, RuntimeError):
         return False
     return True
+
+
+def reload_keys(keys: KeyRing) -> bool:
+    """A bad keys file is refused and the keys in force keep working, as for the catalog."""
+    try:
+        keys.reload()
+    except TenantsError as exc:
+        log.error("keys reload refused, still using the previous keys: %s", exc)
+        return False
+    log.info("keys reloaded from %s: %d tenants", keys.keys_file, len(keys.keys.names) if keys.keys else 0)
+    return True
+
+
+def start_tracing(settings: Settings) -> Tracing | None:
+    """LLM_TRACE_EXPORTER=otlp: the OpenTelemetry SDK, imported only then (off, nothing is loaded)."""
+    if settings.llm_trace_exporter != "otlp":
+        return None
+    from adapter.otel import OtelTracing
+
+    return OtelTracing()
 
 
 def app_from_environment() -> Starlette:
@@ -67,7 +93,7 @@ def app_from_environment() -> Starlette:
     prepare(settings.adapter_log_level)
     try:
         return create_app(settings)
-    except CatalogError as exc:  # a worker started after the file went bad: say so in one line
+    except (CatalogError, TenantsError) as exc:  # a worker started after a file went bad: say so in one line
         log.error("worker cannot start: %s", exc)
         raise SystemExit(1) from None
 
@@ -129,6 +155,9 @@ def create_app(
     settings = settings or Settings()
     if catalog is None and settings.adapter_models_file is not None:
         catalog = load_catalog(settings.adapter_models_file)
+    api_key = settings.adapter_api_key.get_secret_value() if settings.adapter_api_key else None
+    keys = KeyRing(settings.adapter_api_keys_file, api_key)
+    tracing = start_tracing(settings)
 
     metrics = Metrics()
 
@@ -138,19 +167,23 @@ def create_app(
         app.state.gateway = gateway
         gateway.monitor.start()
         gateway.spawn(gateway.router.refresh())  # the model lists, before the first client asks
-        listening = reload_on_hangup(gateway, settings.adapter_models_file)
+        listening = reload_on_hangup(gateway, settings.adapter_models_file, keys)
         try:
             yield
         finally:
             if listening:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await gateway.aclose()
+            if tracing is not None:
+                # In a thread: the last export may wait on an unreachable collector (bounded).
+                await asyncio.to_thread(tracing.shutdown)
 
     app = GatewayApp(
         routes=routes(),
         lifespan=lifespan,
         exception_handlers={OllamaError: _ollama_error, HTTPException: _http_error, Exception: _unexpected},
-        middleware=[Middleware(GatewayMiddleware, settings=settings, metrics=metrics)],
+        middleware=[Middleware(GatewayMiddleware, settings=settings, metrics=metrics, keys=keys, tracing=tracing)],
     )
     app.state.settings = settings
+    app.state.keys = keys
     return app

@@ -68,12 +68,32 @@ class Settings(BaseSettings):
     adapter_max_queue: int = Field(512, ge=0)
     adapter_queue_timeout: float = Field(30.0, ge=0)
     adapter_api_key: SecretStr | None = None
+    # Tenants and the digests of their keys (README "Tenants"); ADAPTER_API_KEY joins them as "default".
+    adapter_api_keys_file: Path | None = None
     adapter_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     adapter_max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     adapter_log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Worker processes on one port; limits (ADAPTER_MAX_INFLIGHT, ADAPTER_MAX_QUEUE) are divided between them.
     adapter_workers: int = Field(1, ge=1, le=64)
     adapter_access_log: bool = True
+
+    # Tracing: "otlp" sends spans to OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT over HTTP/protobuf.
+    llm_trace_exporter: Literal["none", "otlp"] = "none"
+    # Read by the OpenTelemetry SDK itself; checked here because only HTTP/protobuf is installed.
+    otel_exporter_otlp_protocol: str | None = None
+    otel_exporter_otlp_traces_protocol: str | None = None
+
+    @field_validator("llm_trace_exporter", mode="before")
+    @classmethod
+    def _exporter(cls, value: object) -> object:
+        return "none" if value in (None, "") else value.lower() if isinstance(value, str) else value
+
+    @field_validator("otel_exporter_otlp_protocol", "otel_exporter_otlp_traces_protocol")
+    @classmethod
+    def _otlp_protocol(cls, value: str | None) -> str | None:
+        if value not in (None, "", "http/protobuf"):
+            raise ValueError(f"{value!r}: the gateway exports OTLP over HTTP only; use http/protobuf")
+        return value
 
     @field_validator("vllm_base_url")
     @classmethod
@@ -115,7 +135,7 @@ class Settings(BaseSettings):
     def _level(cls, value: str) -> str:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("vllm_api_key", "adapter_api_key", "adapter_models_file", mode="before")
+    @field_validator("vllm_api_key", "adapter_api_key", "adapter_models_file", "adapter_api_keys_file", mode="before")
     @classmethod
     def _empty_secret(cls, value: object) -> object:
         return None if value == "" else value

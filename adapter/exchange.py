@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapter.balancing import Replica
-from adapter.context import RequestFacts
-from adapter.errors import OllamaError, UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
+from adapter.context import RequestFacts, UpstreamCall
+from adapter.errors import OllamaError, UpstreamFailed, UpstreamHTTPError, UpstreamTimeout, UpstreamUnavailable
 from adapter.metrics import Metrics
 from adapter.streaming import DirectBody, ndjson_line
 from adapter.translate.responses import StreamTranslator, Timing, rfc3339_utc, token_count, whole_response
@@ -39,12 +39,15 @@ class Timeouts:
 class Exchange:
     """One sent request and its answer, holding one of the upstream's limiter slots."""
 
-    __slots__ = ("_closed", "_timer", "expired", "response", "timeouts", "upstream")
+    __slots__ = ("_closed", "_timer", "expired", "response", "span", "timeouts", "upstream")
 
-    def __init__(self, upstream: Upstream, response: UpstreamResponse, timeouts: Timeouts) -> None:
+    def __init__(
+        self, upstream: Upstream, response: UpstreamResponse, timeouts: Timeouts, span: UpstreamCall | None = None
+    ) -> None:
         self.upstream = upstream
         self.response = response
         self.timeouts = timeouts
+        self.span = span  # tracing on: the call's client span, ended with the exchange
         self.expired = False
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None
@@ -66,6 +69,8 @@ class Exchange:
             self._timer.cancel()
         self.response.close()
         self.upstream.limiter.release()
+        if self.span is not None:
+            self.span.end(self.response.status_code, "total time limit reached" if self.expired else None)
 
     def failure(self, exc: BaseException | None = None) -> OllamaError:
         """What a body that could not be read to its end means for the client."""
@@ -112,6 +117,10 @@ async def open_exchange(
     for attempt, replica in enumerate(attempts):
         upstream = replica.upstream
         facts.replica = upstream.base_url
+        span = None
+        if facts.trace is not None:  # a client span per attempt; vLLM continues it from `traceparent`
+            span = facts.trace.upstream_call(upstream.name, upstream.base_url, replica.backend, method, path)
+            request_headers.update(span.headers)
         try:
             async with asyncio.timeout_at(deadline):
                 await upstream.limiter.acquire()
@@ -119,8 +128,11 @@ async def open_exchange(
                     response = await upstream.send(
                         method, path, body=body, headers=request_headers, read_timeout=read_timeout
                     )
-                except BaseException:
+                except BaseException as exc:
                     upstream.limiter.release()
+                    if span is not None:
+                        status = exc.upstream_status if isinstance(exc, UpstreamHTTPError) else None
+                        span.end(status, type(exc).__name__ if status is None else None)
                     raise
         except UpstreamUnavailable as exc:
             metrics.upstream_errors.labels(replica.backend, upstream.base_url, "connect").inc()
@@ -139,7 +151,7 @@ async def open_exchange(
                 metrics.upstream_errors.labels(replica.backend, upstream.base_url, kind).inc()
             raise
         metrics.replica_requests.labels(replica.backend, upstream.base_url).inc()
-        exchange = Exchange(upstream, response, timeouts)
+        exchange = Exchange(upstream, response, timeouts, span)
         exchange.start_deadline(deadline)
         return exchange
     raise AssertionError("unreachable")
@@ -276,7 +288,8 @@ async def ollama_whole(
 def first_token(timing: Timing, facts: RequestFacts, metrics: Metrics) -> None:
     # vLLM sends its first event once the prompt is processed and the first token out.
     timing.first = time.perf_counter_ns()
-    metrics.ttft.labels(facts.endpoint, facts.backend).observe((timing.first - timing.start) / 1e9)
+    facts.ttft = (timing.first - timing.start) / 1e9
+    metrics.ttft.labels(facts.endpoint, facts.backend).observe(facts.ttft)
 
 
 def finish(
@@ -293,12 +306,13 @@ def finish(
     if not (events.done or translator.complete):
         raise UpstreamFailed(exchange.upstream.name, "the answer ended before it was complete")
     timing.end = time.perf_counter_ns()
+    facts.finish_reason = translator.finish_reason
     usage = translator.usage
     if usage:
         prompt, completion = token_count(usage, "prompt_tokens"), token_count(usage, "completion_tokens")
         facts.count_tokens(prompt, completion)
-        metrics.prompt_tokens.labels(facts.model_label, facts.backend).inc(prompt)
-        metrics.completion_tokens.labels(facts.model_label, facts.backend).inc(completion)
+        metrics.prompt_tokens.labels(facts.model_label, facts.backend, facts.tenant_label).inc(prompt)
+        metrics.completion_tokens.labels(facts.model_label, facts.backend, facts.tenant_label).inc(completion)
     return translator.final(rfc3339_utc(), timing)
 
 

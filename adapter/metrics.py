@@ -25,8 +25,8 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "ollama_adapter_requests",
-            "Requests answered, by endpoint, model, backend and status.",
-            ["endpoint", "model", "backend", "status"],
+            "Requests answered, by endpoint, model, backend, status and tenant (its name; none without keys).",
+            ["endpoint", "model", "backend", "status", "tenant"],
             registry=r,
         )
         self.latency = Histogram(
@@ -44,12 +44,15 @@ class Metrics:
             registry=r,
         )
         self.prompt_tokens = Counter(
-            "ollama_adapter_prompt_tokens", "Prompt tokens reported by the backend.", ["model", "backend"], registry=r
+            "ollama_adapter_prompt_tokens",
+            "Prompt tokens reported by the backend.",
+            ["model", "backend", "tenant"],
+            registry=r,
         )
         self.completion_tokens = Counter(
             "ollama_adapter_completion_tokens",
             "Completion tokens reported by the backend.",
-            ["model", "backend"],
+            ["model", "backend", "tenant"],
             registry=r,
         )
         self.replica_requests = Counter(

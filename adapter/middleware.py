@@ -1,12 +1,12 @@
-"""One pure-ASGI middleware for what every request shares: request id, origin and API-key checks,
-CORS headers, metrics and the structured access-log line.
+"""One pure-ASGI middleware for what every request shares: request id, origin and API-key checks
+(which tenant a key belongs to), CORS headers, metrics, the structured access-log line, and with
+tracing on the request's server span.
 
 Pure ASGI (not BaseHTTPMiddleware) so streaming responses pass through untouched, chunk by chunk.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 import secrets
@@ -16,9 +16,10 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapter.config import Settings
-from adapter.context import FACTS_KEY, RequestFacts
-from adapter.errors import error_body
+from adapter.context import FACTS_KEY, RequestFacts, Tracing
+from adapter.errors import Dialect, error_body, error_body_for
 from adapter.metrics import Metrics
+from adapter.tenants import KeyRing
 
 access_log = logging.getLogger("adapter.access")
 
@@ -30,6 +31,8 @@ _DEFAULT_ORIGIN = re.compile(
     re.IGNORECASE,
 )
 _OPEN_PATHS = ("/", "/health")
+# Probes and scrapes, every few seconds: spans of them would only bury the requests worth following.
+_UNTRACED = ("/", "/health", "/metrics")
 _CORS_HEADERS = [
     (b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"),
     (
@@ -53,6 +56,13 @@ def origin_allowed(origin: str, extra: list[str]) -> bool:
     return False
 
 
+def dialect_of(path: str) -> Dialect:
+    """The error shape a client of this path understands."""
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    return "openai" if path.startswith("/v1/") else "ollama"
+
+
 def endpoint_label(path: str) -> str:
     """Bounded label values: the route, not the raw path (blob digests would explode cardinality)."""
     if path.startswith("/api/blobs/"):
@@ -61,11 +71,14 @@ def endpoint_label(path: str) -> str:
 
 
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, settings: Settings, metrics: Metrics, keys: KeyRing, tracing: Tracing | None = None
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.origins = settings.adapter_origins
-        self.api_key = settings.adapter_api_key.get_secret_value().encode() if settings.adapter_api_key else None
+        self.keys = keys
+        self.tracing = tracing
         self.access_log = settings.adapter_access_log
 
     async def _reply(self, send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -86,6 +99,7 @@ class GatewayMiddleware:
         request_id = ""
         origin = ""
         authorization = b""
+        traceparent = tracestate = ""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 request_id = value.decode("latin-1")[:128]
@@ -93,6 +107,12 @@ class GatewayMiddleware:
                 origin = value.decode("latin-1")
             elif name == b"authorization":
                 authorization = value
+            elif name == b"x-api-key" and not authorization:  # Anthropic's clients send their key here
+                authorization = b"Bearer " + value
+            elif name == b"traceparent":
+                traceparent = value.decode("latin-1")
+            elif name == b"tracestate":
+                tracestate = value.decode("latin-1")
         request_id = request_id or secrets.token_hex(12)
         facts = RequestFacts(request_id, endpoint_label(scope["path"]))
         scope.setdefault("state", {})[FACTS_KEY] = facts
@@ -112,15 +132,20 @@ class GatewayMiddleware:
                 await send({"type": "http.response.body", "body": b""})
                 return
 
-        if self.api_key is not None and path not in _OPEN_PATHS:
+        if self.tracing is not None and path not in _UNTRACED:
+            facts.trace = self.tracing.start_request(scope["method"], facts.endpoint, traceparent, tracestate)
+
+        keys = self.keys.keys
+        if keys is not None and path not in _OPEN_PATHS:
             token = authorization[7:].strip() if authorization[:7].lower() == b"bearer " else b""
-            if not hmac.compare_digest(token, self.api_key):
+            tenant = keys.lookup(token) if token else None
+            if tenant is None:
                 status_holder[0] = 401
-                await self._reply(
-                    send, 401, error_body("unauthorized"), [*extra_headers, (b"www-authenticate", b"Bearer")]
-                )
+                body = error_body_for(dialect_of(path), 401, "unauthorized")
+                await self._reply(send, 401, body, [*extra_headers, (b"www-authenticate", b"Bearer")])
                 self._record(scope, facts, 401, start)
                 return
+            facts.tenant, facts.cache_salt = tenant.name, tenant.cache_salt
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -136,9 +161,12 @@ class GatewayMiddleware:
     def _record(self, scope: Scope, facts: RequestFacts, status: int, start: float) -> None:
         elapsed = time.perf_counter() - start
         path = scope["path"]
+        if facts.trace is not None:
+            facts.trace.end(facts, status)
         if path in ("/metrics", "/health"):
             return
-        self.metrics.requests.labels(facts.endpoint, facts.model_label, facts.backend, str(status)).inc()
+        labels = (facts.endpoint, facts.model_label, facts.backend, str(status), facts.tenant_label)
+        self.metrics.requests.labels(*labels).inc()
         self.metrics.latency.labels(facts.endpoint, facts.backend).observe(elapsed)
         if self.access_log and access_log.isEnabledFor(logging.INFO):
             record = {
@@ -154,6 +182,7 @@ class GatewayMiddleware:
                 "prompt_tokens": facts.prompt_tokens,
                 "completion_tokens": facts.completion_tokens,
                 "fallback": facts.fallback,
+                "tenant": facts.tenant,
                 "client": (scope.get("client") or ("", 0))[0],
             }
             access_log.info(orjson.dumps({k: v for k, v in record.items() if v is not None}).decode())

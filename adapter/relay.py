@@ -9,19 +9,20 @@ statuses become the gateway's own errors (see adapter.errors.client_status_for).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from adapter.balancing import Replica
-from adapter.context import facts_of
-from adapter.errors import Dialect
+from adapter.context import RequestFacts, facts_of
+from adapter.errors import Dialect, UpstreamHTTPError
 from adapter.exchange import Exchange, Timeouts, open_exchange, relayed_bytes, whole_body
 from adapter.metrics import Metrics
 from adapter.streaming import NDJSON, StreamResponse, ndjson_error_line, sse_error_event, until_disconnect
-from adapter.upstream import UpstreamResponse
+from adapter.upstream import Upstream, UpstreamResponse
 from vision.proxy import model_rewritten, with_model
 
 # Response headers worth keeping; hop-by-hop and length headers are the server's business.
@@ -97,3 +98,29 @@ async def relay(
 
 def _media_type(response: UpstreamResponse) -> str:
     return response.headers.get("content-type", "application/json; charset=utf-8")
+
+
+@dataclass(slots=True)
+class TracedCall:
+    """What a call made outside an exchange sends (trace context) and how it ended (`status`)."""
+
+    headers: dict[str, str] = field(default_factory=dict)
+    status: int | None = None
+
+
+@contextmanager
+def traced_call(facts: RequestFacts, upstream: Upstream, backend: str, method: str, path: str) -> Iterator[TracedCall]:
+    """A client span around an upstream call of this request that needs no exchange (a blob upload,
+    vLLM's /tokenize, Ollama Vision's /api/ps); with tracing off, empty headers and nothing else."""
+    if facts.trace is None:
+        yield TracedCall()
+        return
+    span = facts.trace.upstream_call(upstream.name, upstream.base_url, backend, method, path)
+    call = TracedCall(span.headers)
+    try:
+        yield call
+    except BaseException as exc:
+        status = exc.upstream_status if isinstance(exc, UpstreamHTTPError) else None
+        span.end(status, type(exc).__name__ if status is None else None)
+        raise
+    span.end(call.status)

@@ -9,6 +9,7 @@ Four processes: the stand-in upstream (bench/upstream.py), the proxy under test 
 one run per target), and this orchestrator, which only starts them and prints the table.
 
 Targets: `direct` (OpenAI SSE to the stand-in), `gateway` (Ollama NDJSON through the gateway),
+`gateway-traced` (the gateway with LLM_TRACE_EXPORTER=otlp, exporting to a local OTLP sink),
 `nginx` (OpenAI SSE through a plain nginx hop, proxy_buffering off: the floor for one extra hop,
 when nginx is installed), `minimal` (a minimal Python translator: the floor for a Python one).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import http.server
 import os
 import platform
 import shutil
@@ -26,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -185,6 +188,37 @@ def base_env() -> dict[str, str]:
     return env
 
 
+class OtlpSink:
+    """A local OTLP/HTTP endpoint for `gateway-traced`: takes each export and answers 200, in a thread
+    of this orchestrator (whose CPU is not counted), so the gateway pays for making and exporting its
+    spans and nothing for a collector."""
+
+    def __init__(self) -> None:
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                sink.exports += 1
+                sink.bytes += len(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.exports = 0
+        self.bytes = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def start_upstream(stack: Stack, port: int) -> subprocess.Popen[bytes]:
     proc = stack.start("upstream", [PY, "-m", "bench.upstream", "--port", str(port)], env=base_env())
     wait_http(f"http://127.0.0.1:{port}/health", proc, what="the stand-in upstream")
@@ -199,6 +233,7 @@ def start_gateway(
     name: str = "gateway",
     path: str | None = None,
     workers: int = 1,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     env = base_env()
     env.update(
@@ -207,6 +242,8 @@ def start_gateway(
             "VISION_OLLAMA_URL": f"http://127.0.0.1:{free_port()}",  # closed: vision is not measured
             "ADAPTER_LOG_LEVEL": args.gateway_log_level,
             "ADAPTER_WORKERS": str(workers),
+            "LLM_TRACE_EXPORTER": "none",
+            **(extra_env or {}),
         }
     )
     cwd = ROOT
@@ -464,7 +501,7 @@ def fmt(v: float | None, digits: int = 3) -> str:
 
 def table(result: dict[str, Any]) -> str:
     s = result["summary"]
-    order = ["direct", "gateway", "nginx", "minimal"]
+    order = ["direct", "gateway", "gateway-traced", "nginx", "minimal"]
     names = [t for t in order if t in s] + sorted(t for t in s if t not in order)
     base = s.get("direct")
     rows: list[list[str]] = []
@@ -551,7 +588,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--targets",
         help="comma list of direct,gateway,nginx,minimal (default: all available; quick: "
-        "direct,gateway); gateway-workersN runs the gateway with ADAPTER_WORKERS=N; "
+        "direct,gateway); gateway-traced runs the gateway with tracing on (LLM_TRACE_EXPORTER=otlp, to a "
+        "local sink); gateway-workersN runs the gateway with ADAPTER_WORKERS=N; "
         "minimal-httpx2, minimal-aiohttp, minimal-raw run the minimal translator on another "
         "upstream client",
     )
@@ -640,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
         targets = [args.profile]
         variants = {k: v for k, v in variants.items() if k == args.profile}
     elif mode == "full":
-        targets = ["direct", "gateway", *(["nginx"] if args.nginx else []), "minimal-aiohttp"]
+        targets = ["direct", "gateway", "gateway-traced", *(["nginx"] if args.nginx else []), "minimal-aiohttp"]
     else:
         targets = ["direct", "gateway"]
     targets += [v for v in variants if v not in targets]
@@ -682,6 +720,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "targets": {},
     }
+    sink = OtlpSink() if "gateway-traced" in targets else None
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, Stack(Path(tmp)) as stack:
         up_port = free_port()
         upstream = start_upstream(stack, up_port)
@@ -691,11 +730,14 @@ def main(argv: list[str] | None = None) -> int:
             proxy = None
             if name == "direct":
                 url, kind = up_url, "openai"
-            elif name == "gateway" or name in variants or name.startswith("gateway-workers"):
+            elif name in ("gateway", "gateway-traced") or name in variants or name.startswith("gateway-workers"):
                 # gateway-workersN: the gateway with ADAPTER_WORKERS=N (CPU of all its processes).
                 workers = int(name.removeprefix("gateway-workers") or 1) if name.startswith("gateway-workers") else 1
+                traced = None
+                if name == "gateway-traced" and sink is not None:
+                    traced = {"LLM_TRACE_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": sink.url}
                 port = free_port()
-                proxy = start_gateway(stack, port, up_port, args, name, variants.get(name), workers)
+                proxy = start_gateway(stack, port, up_port, args, name, variants.get(name), workers, traced)
                 url, kind = f"http://127.0.0.1:{port}", "ollama"
                 watch["proxy"] = [proxy.pid, *children_of(proxy.pid)]
             elif name.startswith("minimal"):
@@ -745,6 +787,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench] {label}: done in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
             if proxy is not None:
                 stop(proxy)
+    if sink is not None:
+        sink.close()
+        result["otlp_sink"] = {"exports": sink.exports, "bytes": sink.bytes}
     result["duration_s"] = round(time.time() - started, 1)
     result["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     finish(result)

@@ -238,11 +238,15 @@ def test_adapter_env_wiring(services: dict) -> None:
         assert env_of(services[adapter])["VLLM_API_KEY"] == env_of(services[llm])["VLLM_API_KEY"]
 
 
+# Read by the OpenTelemetry SDK itself, in the gateway (LLM_TRACE_EXPORTER=otlp) and in vLLM.
+OTEL_SDK_VARIABLES = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_SERVICE_NAME"}
+
+
 def test_adapter_env_vars_are_settings(services: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     """No typo'd variable that the gateway would silently ignore; and the values validate."""
     from adapter.config import Settings
 
-    known = {name.upper() for name in Settings.model_fields}
+    known = {name.upper() for name in Settings.model_fields} | OTEL_SDK_VARIABLES
     for name in Settings.model_fields:
         monkeypatch.delenv(name.upper(), raising=False)
     for adapter in ADAPTERS:
@@ -312,8 +316,8 @@ def entrypoint_variables(path: Path) -> set[str]:
 
 def test_vllm_env_vars_are_read_by_the_entrypoint(services: dict) -> None:
     read = entrypoint_variables(VLLM_ENTRYPOINT)
-    # Read by vLLM / huggingface_hub themselves, not by entrypoint.sh.
-    read |= {"HF_TOKEN", "VLLM_API_KEY"}
+    # Read by vLLM / huggingface_hub / the OpenTelemetry SDK themselves, not by entrypoint.sh.
+    read |= {"HF_TOKEN", "VLLM_API_KEY"} | OTEL_SDK_VARIABLES
     for name in LLM_SERVERS:
         env = env_of(services[name])
         assert not sorted(set(env) - read), f"{name}: variables nothing reads: {sorted(set(env) - read)}"
@@ -606,12 +610,37 @@ def test_vllm_entrypoint_missing_model(tmp_path: Path, model: str | None) -> Non
         ("TENSOR_PARALLEL_SIZE", "0"),
         ("MAX_NUM_SEQS", "-1"),
         ("ENABLE_PREFIX_CACHING", "maybe"),
+        ("LLM_TRACE_EXPORTER", "jaeger"),
     ],
 )
 def test_vllm_entrypoint_rejects_bad_values(tmp_path: Path, name: str, value: str) -> None:
     rc, out, err = run_vllm_entrypoint(tmp_path, {"MODEL_NAME": "m", name: value})
     assert rc != 0 and out is None
     assert name in err and value in err
+
+
+def test_one_setting_turns_tracing_on_in_the_gateway_and_every_vllm(tmp_path: Path, raw: dict) -> None:
+    """LLM_TRACE_EXPORTER=otlp: vLLM gets --otlp-traces-endpoint, the gateway exports to the same
+    collector; unset, neither traces."""
+    for value, traced in (("otlp", True), ("", False)):
+        services = interpolate(raw["services"], {"LLM_TRACE_EXPORTER": value})
+        assert isinstance(services, dict)
+        endpoint = env_of(services["vllm"])["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        for name in LLM_SERVERS:
+            rc, out, err = run_vllm_entrypoint(tmp_path, env_of(services[name]))
+            assert rc == 0, err
+            argv = out["argv"]
+            assert (
+                (argv[argv.index("--otlp-traces-endpoint") + 1] == endpoint)
+                if traced
+                else ("--otlp-traces-endpoint" not in argv)
+            ), name
+        for name in ADAPTERS:
+            env = env_of(services[name])
+            assert env["LLM_TRACE_EXPORTER"] == ("otlp" if traced else "none")
+            assert env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] == endpoint
+    rc, _, err = run_vllm_entrypoint(tmp_path, {"MODEL_NAME": "m", "LLM_TRACE_EXPORTER": "otlp"})
+    assert rc != 0 and "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" in err
 
 
 def test_compose_env_gives_the_intended_vllm_commands(tmp_path: Path, services: dict) -> None:

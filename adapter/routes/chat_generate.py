@@ -21,7 +21,7 @@ from adapter.context import RequestFacts, facts_of
 from adapter.errors import BadRequest, UpstreamHTTPError, UpstreamUnavailable
 from adapter.exchange import Exchange, OllamaStream, ollama_whole, open_exchange
 from adapter.gateway import Gateway
-from adapter.relay import Relay, relay
+from adapter.relay import Relay, relay, traced_call
 from adapter.routing import REPLICA_HEADER, Route
 from adapter.schemas import ChatRequest, GenerateRequest, keep_alive_seconds, model_name, read_json_object, validate
 from adapter.streaming import StreamResponse, until_disconnect
@@ -33,9 +33,9 @@ from adapter.translate.requests import (
     ollama_generate_to_openai_chat,
     ollama_generate_to_openai_completion,
     ollama_messages_have_images,
+    with_cache_salt,
 )
 from adapter.translate.responses import StreamTranslator, Target, Timing, load_response, rfc3339_utc
-from adapter.upstream import Upstream
 from vision.proxy import request_body
 
 JSON_UTF8 = "application/json; charset=utf-8"
@@ -203,7 +203,7 @@ async def _open(gw: Gateway, facts: RequestFacts, call: VllmCall, candidates: li
         messages = call.payload.get("messages")
         if limit is None or not call.truncate or not messages or len(messages) < 2:
             raise
-        shorter = await _fitting_history(candidates[0].upstream, call.payload, limit)
+        shorter = await _fitting_history(candidates[0], facts, call.payload, limit)
         if shorter is None:
             raise  # even the newest message alone does not fit: vLLM's own 400
         return await _send(gw, facts, call.path, {**call.payload, "messages": shorter}, candidates)
@@ -216,7 +216,7 @@ async def _send(
         candidates,
         "POST",
         path,
-        orjson.dumps(payload),
+        orjson.dumps(with_cache_salt(payload, facts.cache_salt)),
         facts=facts,
         timeouts=gw.timeouts,
         read_timeout=gw.timeouts.first_token,
@@ -224,16 +224,22 @@ async def _send(
     )
 
 
-async def _fitting_history(upstream: Upstream, payload: dict[str, Any], limit: int) -> list[dict[str, Any]] | None:
+async def _fitting_history(
+    replica: Replica, facts: RequestFacts, payload: dict[str, Any], limit: int
+) -> list[dict[str, Any]] | None:
     """The longest history (Ollama's truncation order) whose prompt leaves room for an answer, by
     asking vLLM's /tokenize: a binary search, so a few cheap calls, and only after an overflow."""
+    upstream = replica.upstream
     windows = history_windows(payload["messages"])
     counted = {k: payload[k] for k in ("model", "tools", "chat_template_kwargs") if payload.get(k) is not None}
     low, high, best = 0, len(windows) - 1, None
     while low <= high:
         middle = (low + high) // 2
         counting = {**counted, "messages": windows[middle]}
-        answer = await upstream.read_json(await upstream.post_json("/tokenize", counting))
+        with traced_call(facts, upstream, replica.backend, "POST", "/tokenize") as traced:
+            response = await upstream.post_json("/tokenize", counting, headers=traced.headers)
+            traced.status = response.status_code
+            answer = await upstream.read_json(response)
         count = answer.get("count") if isinstance(answer, dict) else None
         if not isinstance(count, int):
             return None

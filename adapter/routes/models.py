@@ -14,10 +14,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from adapter.catalog import FIM_TEMPLATES
-from adapter.context import facts_of
+from adapter.context import RequestFacts, facts_of
 from adapter.errors import BadRequest, ModelNotFound, OllamaError
 from adapter.gateway import Gateway
-from adapter.relay import Relay, relay
+from adapter.relay import Relay, relay, traced_call
 from adapter.routes.chat_generate import json_response
 from adapter.schemas import read_json_object
 from adapter.translate.models import fim_template, local_rfc3339, ps_listing, show_response, tags_listing
@@ -81,15 +81,20 @@ async def show(request: Request) -> Response:
 async def ps(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     router = gw.router
-    _, ollama_running = await asyncio.gather(router.refresh(wait=False, vision=False), _ollama_running(gw))
+    listing = router.refresh(wait=False, vision=False)
+    _, ollama_running = await asyncio.gather(listing, _ollama_running(gw, facts_of(request)))
     names = router.vllm_names()
     expires = local_rfc3339(time.time() + _FOREVER_SECONDS)
     return json_response({"models": ps_listing(names, expires, ollama_running)})
 
 
-async def _ollama_running(gw: Gateway) -> list[dict[str, object]]:
+async def _ollama_running(gw: Gateway, facts: RequestFacts) -> list[dict[str, object]]:
+    vision = gw.vision.upstream
     try:
-        return models_of(await gw.vision.upstream.get_json("/api/ps"))
+        with traced_call(facts, vision, "ollama", "GET", "/api/ps") as call:
+            response = await vision.send("GET", "/api/ps", headers=call.headers, read_timeout=5.0)
+            call.status = response.status_code
+            return models_of(await vision.read_json(response, "/api/ps"))
     except OllamaError as exc:
         log.warning("Ollama Vision /api/ps unavailable: %s", exc.message)
         return []

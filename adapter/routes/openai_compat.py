@@ -30,7 +30,7 @@ from adapter.schemas import (
     validate,
 )
 from adapter.translate.models import openai_models_listing
-from adapter.translate.requests import affinity_key, openai_request_has_images
+from adapter.translate.requests import affinity_key, openai_request_has_images, with_cache_salt
 
 
 async def _call(request: Request, path: str, schema: type[BaseModel], dialect: Dialect) -> Response:
@@ -54,7 +54,7 @@ async def _call(request: Request, path: str, schema: type[BaseModel], dialect: D
         else:
             facts.backend, facts.model_label = route.backend, route.upstream_model
             candidates = gw.router.replicas_for(route, affinity_key(body))
-            body = {**body, "model": route.upstream_model}
+            body = with_cache_salt({**body, "model": route.upstream_model}, facts.cache_salt)
             if body.get("tools") == []:
                 del body["tools"]  # vLLM 0.32 rejects an empty list
             how = Relay(candidates, gw.timeouts, gw.metrics, dialect)

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from adapter.context import facts_of
 from adapter.errors import BadRequest, ModelNotFound, OllamaError
 from adapter.gateway import Gateway
-from adapter.relay import Relay, relay
+from adapter.relay import Relay, relay, traced_call
 from adapter.routes.chat_generate import json_response
 from adapter.routing import Route
 from adapter.schemas import read_json_object
@@ -123,21 +123,25 @@ async def _managed(request: Request, method: str, path: str, keys: tuple[str, ..
 async def blobs(request: Request) -> Response:
     """HEAD/POST /api/blobs/sha256:<hex>: the upload is streamed (blobs are model files, gigabytes)."""
     gw: Gateway = request.app.state.gateway
-    facts_of(request).backend = "ollama"
+    facts = facts_of(request)
+    facts.backend = "ollama"
     path = f"/api/blobs/{request.path_params['digest']}"
     vision = gw.vision.upstream
-    if request.method == "HEAD":
-        response = await vision.send("HEAD", path, raise_for_status=False)
-    else:
-        response = await vision.send(
-            "POST",
-            path,
-            content=request.stream(),
-            headers={"Content-Type": request.headers.get("content-type", "application/octet-stream")},
-            raise_for_status=False,
-        )
-    try:
-        body = await vision.read_body(response)
-    finally:
-        response.close()
+    with traced_call(facts, vision, "ollama", request.method, path) as call:
+        if request.method == "HEAD":
+            response = await vision.send("HEAD", path, headers=call.headers, raise_for_status=False)
+        else:
+            content_type = request.headers.get("content-type", "application/octet-stream")
+            response = await vision.send(
+                "POST",
+                path,
+                content=request.stream(),
+                headers={**call.headers, "Content-Type": content_type},
+                raise_for_status=False,
+            )
+        call.status = response.status_code
+        try:
+            body = await vision.read_body(response)
+        finally:
+            response.close()
     return Response(body, status_code=response.status_code, media_type=response.headers.get("content-type"))

@@ -352,3 +352,12 @@ def affinity_key(body: dict[str, Any]) -> int | None:
         texts.append(prompt)
     prefix = "".join(texts)[:AFFINITY_PREFIX_CHARS]
     return zlib.crc32(prefix.encode()) if prefix else None
+
+
+def with_cache_salt(payload: dict[str, Any], salt: str | None) -> dict[str, Any]:
+    """The request as vLLM gets it from a tenant: its `cache_salt` (vLLM's prefix cache never shares
+    blocks between salts), in place of any the client sent, which could name another tenant's. No
+    tenant, no salt: the request is unchanged."""
+    if salt is None:
+        return payload
+    return {**payload, "cache_salt": salt}

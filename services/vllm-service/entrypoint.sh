@@ -11,6 +11,8 @@
 #   HUGGINGFACE_HUB_CACHE   where weights are downloaded (--download-dir)
 #   ENABLE_PREFIX_CACHING   true|false (default: vLLM's own, which is on)
 #   EXTRA_VLLM_ARGS         further `vllm serve` flags, split on whitespace
+#   LLM_TRACE_EXPORTER      otlp: --otlp-traces-endpoint OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (vLLM
+#                           continues the gateway's traces); none (default): no tracing
 #   arguments to this script are appended last (compose `command:`), unchanged.
 #
 # vLLM listens on 0.0.0.0:8000 inside the container: the compose file's healthcheck
@@ -71,6 +73,17 @@ case "${prefix,,}" in
     1 | true | yes | on) args+=(--enable-prefix-caching) ;;
     0 | false | no | off) args+=(--no-enable-prefix-caching) ;;
     *) die "ENABLE_PREFIX_CACHING must be true or false; got '${ENABLE_PREFIX_CACHING}'." ;;
+esac
+
+tracing="$(trim "${LLM_TRACE_EXPORTER:-}")"
+case "${tracing,,}" in
+    "" | none) ;;
+    otlp)
+        endpoint="$(trim "${OTEL_EXPORTER_OTLP_TRACES_ENDPOINT:-}")"
+        [[ -n "$endpoint" ]] || die "LLM_TRACE_EXPORTER=otlp needs OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (in docker-compose.vllm.yml: OTLP_TRACES_ENDPOINT)."
+        args+=(--otlp-traces-endpoint "$endpoint")
+        ;;
+    *) die "LLM_TRACE_EXPORTER must be otlp or none; got '${LLM_TRACE_EXPORTER}'." ;;
 esac
 
 if [[ -n "$(trim "${EXTRA_VLLM_ARGS:-}")" ]]; then

@@ -61,7 +61,8 @@ class OllamaStandin:
     async def _record(self, request: Request) -> dict[str, Any]:
         raw = await request.body()
         body = orjson.loads(raw) if raw else {}
-        self.requests.append({"path": request.url.path, "method": request.method, "body": body})
+        record = {"path": request.url.path, "method": request.method, "body": body, "headers": dict(request.headers)}
+        self.requests.append(record)
         return body
 
     async def tags(self, request: Request) -> Response:
@@ -233,7 +234,8 @@ class OllamaStandin:
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
-        self.requests.append({"path": request.url.path, "method": "POST", "body": {"size": size}})
+        record = {"path": request.url.path, "method": "POST", "body": {"size": size}, "headers": dict(request.headers)}
+        self.requests.append(record)
         return Response(b"", status_code=201)
 
     async def openai_embeddings(self, request: Request) -> Response:
