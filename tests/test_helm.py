@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,20 @@ KUBERNETES_VERSIONS = ("1.27", kubernetes_validate.latest_version())
 GPU = "nvidia.com/gpu"
 # Custom resources the bundled schemas do not know, each with its own check below.
 CRD_KINDS = {"ServiceMonitor"}
+# Read by the OpenTelemetry SDK itself (the gateway's and vLLM's), not by adapter/config.py or entrypoint.sh;
+# POD_NAME is the downward API's, for $(POD_NAME) in OTEL_RESOURCE_ATTRIBUTES.
+OTEL_SDK_VARIABLES = {
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+}
+DOWNWARD_API = {"POD_NAME"}
+TRACED = "tracing-tenants"  # ci/tracing-tenants-values.yaml: tracing and tenants on
+COLLECTOR = "http://otel-collector.observability:4318"
 
 Manifest = dict[str, Any]
 
@@ -233,7 +249,17 @@ def test_vllm_gets_only_the_variables_its_entrypoint_reads(helm: Path, value_set
     read = set(re.findall(r"\$\{([A-Z_]+)", VLLM_ENTRYPOINT.read_text()))
     # HF_TOKEN and VLLM_API_KEY are read by vLLM itself (the hub client, --api-key's environment variable).
     for runtime in runtimes(render(helm, value_set)):
-        assert set(env_of(runtime)) <= read | {"HF_TOKEN", "VLLM_API_KEY"}, runtime["metadata"]["name"]
+        env = env_of(runtime)
+        known = read | {"HF_TOKEN", "VLLM_API_KEY"} | OTEL_SDK_VARIABLES | DOWNWARD_API
+        assert set(env) <= known, runtime["metadata"]["name"]
+        assert_downward_api_is_used(env)
+
+
+def assert_downward_api_is_used(env: dict[str, Any]) -> None:
+    """POD_NAME is set only for $(POD_NAME) in another variable, and from the pod's own name."""
+    for name in DOWNWARD_API & set(env):
+        assert env[name] == {"fieldRef": {"fieldPath": "metadata.name"}}, name
+        assert any(f"$({name})" in str(value) for value in env.values()), name
 
 
 def test_runtimes_wait_for_long_loads_and_keep_their_weights(helm: Path) -> None:
@@ -358,8 +384,10 @@ def test_the_gateway_is_probed_locked_down_and_uses_real_variables(helm: Path, v
     assert gateway["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 10001  # Dockerfile.adapter's USER
     assert main["resources"]["requests"] and main["resources"]["limits"]
     assert {"name": "tmp", "mountPath": "/tmp"} in main["volumeMounts"]  # workers' metrics, with a read-only root
-    # Every variable is one the gateway reads (adapter/config.py), spelled as it reads it.
-    assert {name.lower() for name in env_of(gateway)} <= set(Settings.model_fields)
+    # Every variable is one the gateway reads (adapter/config.py, or its OpenTelemetry SDK), spelled as it reads it.
+    env = env_of(gateway)
+    assert {name.lower() for name in set(env) - OTEL_SDK_VARIABLES - DOWNWARD_API} <= set(Settings.model_fields)
+    assert_downward_api_is_used(env)
     service = named(manifests, "Service", f"{FULLNAME}-gateway")
     assert service["spec"]["ports"] == [{"name": "http", "port": 11434, "targetPort": "http", "protocol": "TCP"}]
     labels = gateway["spec"]["template"]["metadata"]["labels"]
@@ -480,6 +508,95 @@ def test_notes_say_how_to_reach_the_gateway(helm: Path) -> None:
     assert f"cronjob/{FULLNAME}-warm" in notes
 
 
+# ---- tracing and tenants --------------------------------------------------------------------------------
+
+
+FAKE_VLLM = "import json, sys\nprint(json.dumps(sys.argv[1:]))\n"
+
+
+def vllm_command_line(runtime: Manifest, tmp_path: Path) -> list[str]:
+    """What services/vllm-service/entrypoint.sh execs in this runtime's container: its plain variables
+    (those from Secrets and the downward API left out) and its args, with `vllm` a stand-in printing argv."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    (bindir / "vllm").write_text(f"#!{sys.executable}\n{FAKE_VLLM}")
+    (bindir / "vllm").chmod(0o755)
+    env = {k: v for k, v in env_of(runtime).items() if isinstance(v, str)}
+    result = subprocess.run(
+        [str(VLLM_ENTRYPOINT), *container(runtime).get("args", [])],
+        env={"PATH": f"{bindir}:/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def test_tracing_reaches_the_gateway_and_every_vllm_runtime(helm: Path, tmp_path: Path) -> None:
+    manifests = render(helm, TRACED)
+    (gateway,) = of_kind(manifests, "Deployment")
+    env = env_of(gateway)
+    assert env["LLM_TRACE_EXPORTER"] == "otlp" and env["OTEL_EXPORTER_OTLP_ENDPOINT"] == COLLECTOR
+    assert env["OTEL_SERVICE_NAME"] == f"{FULLNAME}-gateway"
+    assert env["OTEL_RESOURCE_ATTRIBUTES"] == f"k8s.pod.name=$(POD_NAME),k8s.namespace.name={NAMESPACE}"
+    names = [e["name"] for e in container(gateway)["env"]]
+    assert names.index("POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")  # Kubernetes expands only earlier ones
+    assert env["OTEL_EXPORTER_OTLP_HEADERS"] == {"secretKeyRef": {"name": "otel-collector-auth", "key": "headers"}}
+    assert (env["OTEL_TRACES_SAMPLER"], env["OTEL_TRACES_SAMPLER_ARG"]) == ("parentbased_traceidratio", "0.1")
+    # The gateway accepts its settings (HTTP/protobuf is the only protocol it exports).
+    plain = {k.lower(): v for k, v in env.items() if isinstance(v, str) and k not in OTEL_SDK_VARIABLES}
+    assert Settings(**plain).llm_trace_exporter == "otlp"
+    sets = runtimes(manifests)
+    assert len(sets) == 2  # the model and its canary
+    for runtime in sets:
+        name = runtime["metadata"]["name"]
+        vllm = env_of(runtime)
+        assert vllm["LLM_TRACE_EXPORTER"] == "otlp" and vllm["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] == "http/protobuf"
+        assert vllm["OTEL_SERVICE_NAME"] == name and "k8s.pod.name=$(POD_NAME)" in vllm["OTEL_RESOURCE_ATTRIBUTES"]
+        assert vllm["OTEL_EXPORTER_OTLP_HEADERS"] == env["OTEL_EXPORTER_OTLP_HEADERS"]
+        assert "OTEL_TRACES_SAMPLER" not in vllm  # parent-based by default: it follows the gateway's decision
+        # The entrypoint turns them into vLLM's flag, as in Compose; the model's own args still come last.
+        argv = vllm_command_line(runtime, tmp_path)
+        assert argv[argv.index("--otlp-traces-endpoint") + 1] == f"{COLLECTOR}/v1/traces", name
+        assert argv[-3:] == ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+
+
+@pytest.mark.parametrize("value_set", [v for v in VALUE_SETS if v != TRACED])
+def test_tracing_off_sets_nothing_of_it(helm: Path, tmp_path: Path, value_set: str) -> None:
+    manifests = render(helm, value_set)
+    workloads = [m for m in manifests if m["kind"] in {"Deployment", "StatefulSet", "CronJob"}]
+    assert workloads
+    for workload in workloads:
+        env = env_of(workload)
+        assert not {n for n in env if n.startswith("OTEL_") or n == "LLM_TRACE_EXPORTER"} | (set(env) & DOWNWARD_API)
+    for runtime in runtimes(manifests):
+        assert "--otlp-traces-endpoint" not in vllm_command_line(runtime, tmp_path)
+
+
+def test_tenants_keys_and_their_secrets_are_mounted_read_only(helm: Path) -> None:
+    manifests = render(helm, TRACED)
+    (gateway,) = of_kind(manifests, "Deployment")
+    pod = gateway["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if "secret" in v]
+    # Both files, required: the secrets file cannot be made on a read-only volume, and every pod must
+    # send a tenant the same salt (README "Tenants").
+    assert volume["secret"]["secretName"] == "gateway-tenants" and "optional" not in volume["secret"]
+    assert [item["key"] for item in volume["secret"]["items"]] == ["keys.yaml", "keys.yaml.secrets"]
+    assert all(item["path"] == item["key"] for item in volume["secret"]["items"])  # <keys file>.secrets beside it
+    (mount,) = [m for m in container(gateway)["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True
+    assert env_of(gateway)["ADAPTER_API_KEYS_FILE"] == f"{mount['mountPath']}/keys.yaml"
+    assert not mount["mountPath"].startswith("/etc/vllm-ollama-adapter/")  # not inside the catalog's volume
+    # Warming fills the cache of the tenant whose key it sends.
+    (job,) = of_kind(manifests, "CronJob")
+    assert env_of(job)["ADAPTER_API_KEY"] == {"secretKeyRef": {"name": "tenant-acme-key", "key": "api-key"}}
+    # Off: none of it.
+    (plain,) = of_kind(render(helm), "Deployment")
+    assert "ADAPTER_API_KEYS_FILE" not in env_of(plain)
+    assert not [v for v in plain["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+
+
 # ---- bad values are refused, naming the value ----------------------------------------------------------
 
 
@@ -500,6 +617,12 @@ def single_model(**changes: Any) -> dict[str, Any]:
         (single_model(maxNumSeq=64), "maxNumSeq"),  # a misspelt key is not silently ignored
         ({**single_model(), "gateway": {"mode": "batch"}}, "/gateway/mode"),
         ({**single_model(), "warm": {"templates": {"m": [{"system": "no prefix"}]}}}, "/warm/templates/m/0"),
+        ({**single_model(), "tracing": {"enabled": True, "otlpEndpoint": "otel:4318"}}, "'otel:4318'"),
+        ({**single_model(), "tracing": {"sampler": "jaeger_remote"}}, "/tracing/sampler"),
+        ({**single_model(), "tracing": {"samplerArg": 10}}, "/tracing/samplerArg"),
+        ({**single_model(), "tracing": {"enable": True}}, "'enable'"),  # misspelt
+        ({**single_model(), "tenants": {"keysSecret": "Tenant_Keys"}}, "/tenants/keysSecret"),
+        ({**single_model(), "warm": {"apiKeySecret": {"name": "k", "key": ""}}}, "/warm/apiKeySecret/key"),
     ],
 )
 def test_the_schema_refuses_a_bad_value_naming_it(
@@ -523,6 +646,25 @@ def test_values_the_schema_cannot_see_are_refused_by_the_templates(helm: Path, t
         ({**single_model(), "ollamaVision": {"enabled": False}}, "ollamaVision.url"),
         # 45 + "-qwen" fits; its canary's StatefulSet, 45 + "-qwen-canary", does not.
         ({**single_model(canary={"share": 1}), "fullnameOverride": "x" * 45}, "longer than Kubernetes' 52 characters"),
+        ({**single_model(), "tracing": {"enabled": True}}, "tracing.otlpEndpoint: set it"),
+        # gRPC's port: the gateway exports OTLP/HTTP only (and refuses OTEL_EXPORTER_OTLP_PROTOCOL=grpc).
+        (
+            {**single_model(), "tracing": {"enabled": True, "otlpEndpoint": "http://collector:4317"}},
+            "tracing.otlpEndpoint: http://collector:4317 is on OTLP/gRPC's port 4317",
+        ),
+        (
+            {**single_model(), "tracing": {"enabled": True, "otlpEndpoint": f"{COLLECTOR}/v1/traces"}},
+            "without /v1/traces",
+        ),
+        # With tenants, a keyless warm job would only collect 401s.
+        (
+            {
+                **single_model(),
+                "tenants": {"keysSecret": "t"},
+                "warm": {"enabled": True, "templates": {"m": [{"prefix": "p"}]}},
+            },
+            "warm.apiKeySecret: tenants.keysSecret is set",
+        ),
     ]
     for values, message in cases:
         path = tmp_path / "values.yaml"

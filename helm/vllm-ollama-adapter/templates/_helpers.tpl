@@ -101,3 +101,53 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/*
+The collector's base URL when tracing is on, checked, else "". The gateway and vLLM export OTLP over
+HTTP/protobuf only: gRPC's port 4317 is refused here, as the gateway would refuse the gRPC protocol at
+start (and an HTTP exporter pointed at a gRPC receiver only loses spans). /v1/traces is added per use.
+*/}}
+{{- define "vllm-ollama-adapter.otlpEndpoint" -}}
+{{- $t := .Values.tracing -}}
+{{- if $t.enabled -}}
+{{- $endpoint := trimSuffix "/" $t.otlpEndpoint -}}
+{{- if not $endpoint -}}
+{{- fail "tracing.otlpEndpoint: set it to the collector's OTLP/HTTP URL (e.g. http://otel-collector.observability:4318) when tracing.enabled is true" -}}
+{{- end -}}
+{{- if regexMatch ":4317(/|$)" $endpoint -}}
+{{- fail (printf "tracing.otlpEndpoint: %s is on OTLP/gRPC's port 4317; the gateway and vLLM export OTLP over HTTP/protobuf only: give the collector's OTLP/HTTP receiver (port 4318)" $endpoint) -}}
+{{- end -}}
+{{- if hasSuffix "/v1/traces" $endpoint -}}
+{{- fail (printf "tracing.otlpEndpoint: %s: give the collector's base URL, without /v1/traces (the chart adds it)" $endpoint) -}}
+{{- end -}}
+{{- $endpoint -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Environment entries every traced container shares: its service name, the pod's name and namespace as
+resource attributes (the downward API), the collector's headers. Pass (list $ "service-name").
+*/}}
+{{- define "vllm-ollama-adapter.tracingEnv" -}}
+{{- $root := index . 0 -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: OTEL_SERVICE_NAME
+  value: {{ index . 1 | quote }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ printf "k8s.pod.name=$(POD_NAME),k8s.namespace.name=%s" $root.Release.Namespace | quote }}
+{{- with $root.Values.tracing.headersSecret.name }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $root.Values.tracing.headersSecret.key }}
+{{- end }}
+{{- end -}}
+
+{{/* Where the gateway pods mount tenants.keysSecret (keys.yaml and keys.yaml.secrets). */}}
+{{- define "vllm-ollama-adapter.tenantsDir" -}}
+/etc/vllm-ollama-adapter-tenants
+{{- end -}}
