@@ -15,7 +15,7 @@ from adapter.app import create_app
 from adapter.catalog import Catalog
 from adapter.config import Settings
 from tests.standins.ollama import OllamaStandin
-from tests.standins.server import ServerThread, free_port
+from tests.standins.server import ServerThread, dead_port
 from tests.standins.vllm import VLLMStandin
 
 
@@ -108,4 +108,4 @@ def all_slots_free(metrics_text: str, backend: str = "vllm") -> bool:
 @pytest.fixture
 def down_url() -> str:
     """A URL where nothing listens."""
-    return f"http://127.0.0.1:{free_port()}"
+    return f"http://127.0.0.1:{dead_port()}"

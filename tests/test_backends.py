@@ -34,7 +34,7 @@ from starlette.responses import Response
 from adapter.balancing import LOAD_BOUND
 from tests.conftest import make_settings, running_gateway
 from tests.standins.ollama import OllamaStandin
-from tests.standins.server import ServerThread, free_port
+from tests.standins.server import ServerThread, dead_port
 from tests.standins.vllm import VLLMStandin
 from tests.test_faults import Unaccepting
 
@@ -352,7 +352,7 @@ def _dead_backend_catalog(tmp_path: Path, urls: list[str]) -> Path:
 def test_every_replica_down_is_an_error_naming_model_and_replicas(tmp_path: Path, vision_url: str, mode: str) -> None:
     alive = VLLMStandin(models=["tiny"])
     dead = Unaccepting()  # connecting times out
-    refused = f"http://127.0.0.1:{free_port()}"  # connecting is refused
+    refused = f"http://127.0.0.1:{dead_port()}"  # connecting is refused
     try:
         with serving(alive) as (a,):
             urls = [refused, f"http://127.0.0.1:{dead.port}"]
@@ -383,7 +383,7 @@ def test_every_replica_down_is_an_error_naming_model_and_replicas(tmp_path: Path
 
 
 def test_every_discovered_server_down_is_a_502_naming_them(vision_url: str) -> None:
-    urls = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
+    urls = [f"http://127.0.0.1:{dead_port()}", f"http://127.0.0.1:{dead_port()}"]
     with running_gateway(make_settings(",".join(urls), vision_url)) as url:
         with httpx.Client(base_url=url, timeout=15) as http:
             r = chat(http, "tiny", "anyone?")
@@ -519,7 +519,7 @@ def test_catalog_backends_keys_and_in_flight_limits(tmp_path: Path, vision_url: 
 def test_health_and_metrics_show_every_backend_and_replica(tmp_path: Path, vision_url: str) -> None:
     default = VLLMStandin(models=["tiny"])
     r0, r1 = VLLMStandin(models=["big"]), VLLMStandin(models=["big"])
-    down = f"http://127.0.0.1:{free_port()}"
+    down = f"http://127.0.0.1:{dead_port()}"
     with serving(default, r0, r1) as (d, a, b):
         catalog = write_catalog(
             tmp_path,

@@ -28,7 +28,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.standins.ollama import OllamaStandin
-from tests.standins.server import ServerThread, free_port
+from tests.standins.server import ServerThread, dead_port, free_port
 from tests.standins.vllm import Script, VLLMStandin
 from tests.test_backends import serving
 
@@ -196,7 +196,7 @@ def test_wrong_catalog_stops_the_gateway_with_one_line(tmp_path: Path, case: str
     text, needles = BAD_CATALOGS[case]
     path = tmp_path / "models.yaml"
     path.write_text(text)
-    env = clean_env(VLLM_BASE_URL=f"http://127.0.0.1:{free_port()}")
+    env = clean_env(VLLM_BASE_URL=f"http://127.0.0.1:{dead_port()}")
     proc = subprocess.run(
         [sys.executable, "-m", "adapter", "--models-file", str(path), "--port", str(free_port())],
         env=env,

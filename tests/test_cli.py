@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.standins.server import free_port
+from tests.standins.server import dead_port, free_port
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -54,7 +54,7 @@ def test_bad_settings_exit_with_one_line(env: dict[str, str], args: tuple[str, .
 def test_starts_with_vllm_down_and_flags_override_env() -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTER_", "VLLM_", "VISION_"))}
-    env.update(ADAPTER_PORT="1", VLLM_BASE_URL=f"http://127.0.0.1:{free_port()}/v1", ADAPTER_LOG_LEVEL="warning")
+    env.update(ADAPTER_PORT="1", VLLM_BASE_URL=f"http://127.0.0.1:{dead_port()}/v1", ADAPTER_LOG_LEVEL="warning")
     proc = subprocess.Popen(
         [sys.executable, "-m", "adapter", "--port", str(port)],
         env=env,

@@ -41,7 +41,7 @@ from tests.standins.faulty import (
     error_message,
     iter_sse_data,
 )
-from tests.standins.server import free_port
+from tests.standins.server import dead_port
 
 FIRST_TOKEN = 0.3
 TOTAL = 1.0
@@ -840,7 +840,7 @@ def dead_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     catalog = tmp_path_factory.mktemp("catalog") / "models.yaml"
     catalog.write_text(CATALOG)
     dead = Unaccepting() if request.param == "connect_timeout" else None
-    url = f"http://127.0.0.1:{dead.port if dead else free_port()}"
+    url = f"http://127.0.0.1:{dead.port if dead else dead_port()}"
     try:
         with running_gateway(fault_settings(url, url, adapter_models_file=catalog)) as gw:
             yield gw
@@ -878,7 +878,7 @@ def test_ingestion_mode_without_fallback_is_503(tmp_path: Path) -> None:
     """`refuses the connection` row in ingestion mode: 503 on /api and /v1 alike, naming what failed."""
     catalog = tmp_path / "models.yaml"
     catalog.write_text(CATALOG)
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{dead_port()}"
     settings = fault_settings(url, url, adapter_models_file=catalog, adapter_mode="ingestion")
     with running_gateway(settings) as gw, httpx.Client(base_url=gw, timeout=CLIENT_TIMEOUT) as http:
         r, _ = post(http, API_CHAT, False)

@@ -246,9 +246,9 @@ def test_body_cap(vllm_server, vision_server) -> None:  # type: ignore[no-untype
 
 
 def test_credentials_never_echoed(vision_server) -> None:  # type: ignore[no-untyped-def]
-    from tests.standins.server import free_port
+    from tests.standins.server import dead_port
 
-    url = f"http://user:hunter2@127.0.0.1:{free_port()}"
+    url = f"http://user:hunter2@127.0.0.1:{dead_port()}"
     settings = make_settings(url, vision_server[1].url, vllm_api_key="sk-topsecret")
     with running_gateway(settings) as gw:
         r = httpx.post(gw + "/api/chat", json={"model": "tiny", "messages": [{"role": "user", "content": "x"}]})

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.standins.server import free_port
+from tests.standins.server import dead_port, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = ROOT / "scripts" / "serve.sh"
@@ -155,7 +155,7 @@ def base_env(engine: FakeEngine, **extra: str) -> dict[str, str]:
     env.update(
         ADAPTER_ENGINE_HOME=str(engine.home),
         FAKE_VLLM_PIDS=str(engine.pids_file),
-        VISION_OLLAMA_URL=f"http://127.0.0.1:{free_port()}",
+        VISION_OLLAMA_URL=f"http://127.0.0.1:{dead_port()}",
         ADAPTER_LOG_LEVEL="warning",
     )
     env.update(extra)
@@ -273,7 +273,7 @@ def gateways_on(port: int) -> list[int]:
 def test_with_a_vllm_named_it_is_exactly_the_gateway(
     tmp_path: Path, fake_engine: FakeEngine, cleanup: list[Serve], args: tuple[str, ...], env_name: str | None
 ) -> None:
-    upstream = f"http://127.0.0.1:{free_port()}"
+    upstream = f"http://127.0.0.1:{dead_port()}"
     env = base_env(fake_engine, **({env_name: upstream} if env_name else {}))
     serve = start_serve(tmp_path, env, *(a.replace("URL", upstream) for a in args))
     cleanup.append(serve)

@@ -27,7 +27,7 @@ from adapter.routing import REPLICA_HEADER
 from adapter.warm import load_templates, run
 from tests.conftest import make_settings, running_gateway
 from tests.standins.ollama import OllamaStandin
-from tests.standins.server import ServerThread, free_port
+from tests.standins.server import ServerThread, dead_port
 from tests.standins.vllm import Script, VLLMStandin
 from tests.test_backends import serving, write_catalog
 
@@ -152,7 +152,7 @@ def test_a_gateway_that_is_down_fails_at_once_with_one_line(tmp_path: Path) -> N
     path = templates_file(tmp_path)
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "adapter", "warm", str(path), "--gateway", f"http://127.0.0.1:{free_port()}"],
+        [sys.executable, "-m", "adapter", "warm", str(path), "--gateway", f"http://127.0.0.1:{dead_port()}"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -16,6 +16,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Sockets bound for dead_port(), kept for the whole session.
+_DEAD: list[socket.socket] = []
+
+
+def dead_port() -> int:
+    """A port where nothing listens, for as long as the tests run. A port from free_port() is free
+    only until someone binds it: a server started later on port 0 (a gateway, a stand-in) can be
+    handed the very same port, and the "dead" upstream then answers. This one stays bound, without
+    listening, so connecting to it is refused and the kernel hands it to nobody else."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _DEAD.append(s)
+    return s.getsockname()[1]
+
+
 class ServerThread:
     """Starts on enter, stops on exit; `url` is http://127.0.0.1:<port>."""
 
