@@ -46,6 +46,8 @@ TARGETS = {
     "added_ttft_p50_ms": 0.5,
     "chunk_rate_ratio_at_max": 0.97,
     "cpu_s_per_1k_chunks": 0.03,
+    # Issue 13: gateway CPU per 1,000 streamed chunks at most twice the nginx hop's, in the same run.
+    "cpu_per_chunk_vs_nginx": 2.0,
     "peak_rss_mb": 100.0,
 }
 
@@ -466,16 +468,20 @@ def compare(base: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def verdict(summary: dict[str, Any], comparison: dict[str, Any]) -> dict[str, Any]:
-    """The gateway against the issue's targets (informative: never asserted by tests)."""
+def verdict(summary: dict[str, Any], comparison: dict[str, Any], nginx: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The gateway against the issue's targets (informative: never asserted by tests). The ratio to
+    nginx's CPU per chunk needs an nginx row in the same run."""
     c1 = next((x for x in comparison["added_nonstream_ms"] if x["concurrency"] == 1), None)
     top = comparison["chunk_rate_ratio"][-1] if comparison["chunk_rate_ratio"] else None
     at = summary.get("at_max_streams") or {}
+    cpu = at.get("proxy_cpu_s_per_1k_chunks")
+    nginx_cpu = ((nginx or {}).get("at_max_streams") or {}).get("proxy_cpu_s_per_1k_chunks")
     checks = {
         "added_nonstream_p50_c1_ms": c1 and c1["p50"],
         "added_ttft_p50_ms": comparison["added_ttft_ms"] and comparison["added_ttft_ms"]["p50"],
         "chunk_rate_ratio_at_max": top and top["ratio"],
-        "cpu_s_per_1k_chunks": at.get("proxy_cpu_s_per_1k_chunks"),
+        "cpu_s_per_1k_chunks": cpu,
+        "cpu_per_chunk_vs_nginx": round(cpu / nginx_cpu, 2) if cpu and nginx_cpu else None,
         "peak_rss_mb": at.get("proxy_peak_rss_mb"),
     }
     out = {}
@@ -649,7 +655,8 @@ def finish(result: dict[str, Any]) -> None:
         base = result["summary"]["direct"]
         result["comparison"] = {n: compare(base, s) for n, s in result["summary"].items() if n != "direct"}
         if "gateway" in result["comparison"]:
-            result["verdict"] = verdict(result["summary"]["gateway"], result["comparison"]["gateway"])
+            summary = result["summary"]
+            result["verdict"] = verdict(summary["gateway"], result["comparison"]["gateway"], summary.get("nginx"))
 
 
 def main(argv: list[str] | None = None) -> int:
