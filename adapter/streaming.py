@@ -79,7 +79,9 @@ class DirectBody:
         return cls(cycle)
 
     def write(self, data: bytes) -> None:
-        if not self._cycle.disconnected:
+        # A client gone (or going: closed before uvicorn heard of it) is not written to; the
+        # disconnect watcher ends the stream.
+        if not self._cycle.disconnected and not self._transport.is_closing():
             self._transport.write(b"%x\r\n%b\r\n" % (len(data), data))
 
     @property
