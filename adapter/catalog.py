@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from adapter.yamlfile import YamlFileError, read_yaml
 
 Capability = Literal["completion", "tools", "insert", "vision", "embedding", "thinking"]
 
@@ -165,14 +166,9 @@ def normalize_name(name: str) -> str:
 
 def load_catalog(path: Path) -> Catalog:
     try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise CatalogError(f"ADAPTER_MODELS_FILE {path}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise CatalogError(f"ADAPTER_MODELS_FILE {path}: not valid YAML ({where}{problem})") from None
+        raw = read_yaml(path, f"ADAPTER_MODELS_FILE {path}")
+    except YamlFileError as exc:
+        raise CatalogError(str(exc)) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from adapter.yamlfile import YamlFileError, read_yaml
 
 DIGEST_PREFIX = "sha256:"
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -79,16 +79,9 @@ def read_keys_file(path: Path) -> dict[str, list[str]]:
     """tenant name -> key digests, checked: a bad file raises TenantsError naming what is wrong."""
     where = f"ADAPTER_API_KEYS_FILE {path}"
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TenantsError(f"{where}: cannot read it ({exc.strerror or exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise TenantsError(f"{where}: not valid YAML{line}: {problem}") from None
+        data = read_yaml(path, where)
+    except YamlFileError as exc:
+        raise TenantsError(str(exc)) from None
     if not isinstance(data, dict) or set(data) != {"tenants"} or not isinstance(data["tenants"], dict):
         raise TenantsError(f"{where}: expected one mapping `tenants:` of tenant name -> list of key digests")
     tenants: dict[str, list[str]] = {}

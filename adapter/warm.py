@@ -25,11 +25,11 @@ from typing import Any
 
 import aiohttp
 import orjson
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adapter.catalog import normalize_name
 from adapter.routing import REPLICA_HEADER
+from adapter.yamlfile import YamlFileError, read_yaml
 
 # /health's entry for Ollama Vision: not a vLLM backend, nothing to warm there.
 VISION_ENTRY = "ollama_vision"
@@ -63,11 +63,9 @@ class TemplatesFile(BaseModel):
 
 def load_templates(path: Path) -> TemplatesFile:
     try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise WarmError(f"{path}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise WarmError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raw = read_yaml(path, str(path))
+    except YamlFileError as exc:
+        raise WarmError(str(exc)) from None
     if not isinstance(raw, dict):
         raise WarmError(f"{path}: the top level must be a mapping with a `models:` mapping of model -> templates")
     try:
