@@ -433,15 +433,14 @@ class SSEEvents:
         self.done = False
         self._buffer = b""
 
-    def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]:
-        return self._batches()
-
     def feed(self, raw: bytes) -> list[dict[str, Any]]:
         """The events these bytes complete. A malformed event raises, carrying the events before it
         (they still reach the client)."""
+        if self.done:  # what follows [DONE] is the body's end, not events
+            return []
         buffer = self._buffer + raw if self._buffer else raw
-        if b"\n" not in raw or self.done:
-            self._buffer = buffer if not self.done else b""
+        if b"\n" not in raw:
+            self._buffer = buffer
             return []
         *lines, self._buffer = buffer.split(b"\n")
         return self._events(lines)
@@ -466,19 +465,6 @@ class SSEEvents:
                 except orjson.JSONDecodeError:
                     raise MalformedEvent(self.backend, payload, events) from None
         return events
-
-    async def _batches(self) -> AsyncIterator[list[dict[str, Any]]]:
-        async for raw in self.response.aiter_raw():
-            events = self.feed(raw)
-            if events:
-                yield events
-            if self.done:
-                # The rest is the chunked body's end: read it, so the connection can be reused.
-                await self.response.drain(0.1)
-                return
-        events = self.end()
-        if events:
-            yield events
 
     async def whole(self, on_first: Callable[[], None]) -> list[dict[str, Any]]:
         """Every event of a body read to its end: for an answer wanted whole, the body is taken in
