@@ -2,9 +2,9 @@
 
 `open_exchange` takes a slot on the server, sends, and waits for the answer's headers, bounded by
 the request's deadline. The body is then read either as vLLM's SSE events translated into Ollama
-chunks (`ollama_chunks`), or relayed as bytes (`relayed_bytes`, `whole_body`). `Exchange.close`
-gives back the slot and the connection exactly once, however the request ends: finished, failed,
-timed out, or the client gone.
+chunks (`OllamaStream`: pushed from the socket's read callback, or iterated), or relayed as bytes
+(`relayed_bytes`, `whole_body`). `Exchange.close` gives back the slot and the connection exactly
+once, however the request ends: finished, failed, timed out, or the client gone.
 
 Timeouts: the connect timeout; the first-token timeout, which bounds every wait for data of a stream
 (the first event included); and the total, which bounds the whole request from the moment it was
