@@ -84,6 +84,7 @@ class Conn(asyncio.Protocol):
         self.first_at = 0.0
         self.watch_first = False
         self.closed = False
+        self.keep_alive = True
         self.window: Window | None = None
 
     # asyncio.Protocol
@@ -107,6 +108,9 @@ class Conn(asyncio.Protocol):
     # httptools callbacks
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
+        # Read here: once the message is complete, httptools' parser has reset and
+        # should_keep_alive() says False for every response, which closed each connection.
+        self.keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
         now = time.perf_counter()
@@ -137,7 +141,7 @@ class Conn(asyncio.Protocol):
         self.transport.write(raw)
         await self.waiter
         done = time.perf_counter()
-        if not self.parser.should_keep_alive():
+        if not self.keep_alive:
             self.close()
         return self.status, b"".join(self.body), sent, self.first_at, done
 
