@@ -103,8 +103,8 @@ class UpstreamResponse:
         own read callback, and return once the body has ended.
 
         The per-chunk path of a stream then costs no task wake-up, no future and no await: aiohttp
-        still owns the connection (pool, parser, chunked decoding, timeouts, release), and a thin
-        protocol in front of its own hands over what it parsed. An exception from `on_body` ends
+        still owns the connection (pool, parser, chunked decoding, release), and the body's reader
+        hands what the parser decoded straight over (_PushedReader). An exception from `on_body` ends
         the body with that exception, as does a lost connection, or `idle_timeout` seconds without
         data (TimeoutError).
         """
@@ -112,16 +112,21 @@ class UpstreamResponse:
         pending = content.read_nowait()  # what came with the headers
         if pending:
             on_body(pending)
+        if content.is_eof():
+            return
         connection = self._raw.connection
-        tap = None
-        if not content.is_eof() and connection is not None and connection.transport is not None:
-            tap = _BodyTap(connection.transport, connection.protocol, content, on_body, idle_timeout)
+        if connection is not None and connection.protocol is not None:
+            # _BodyPush watches instead; aiohttp's timer, if armed, is dropped at the next read.
+            connection.protocol.read_timeout = None
+        push = _PUSHED[id(content)] = _BodyPush(content, on_body, idle_timeout)
+        content.__class__ = _PushedReader
         try:
             await content.wait_eof()
         finally:
-            if tap is not None:
-                tap.stop_watching()
-        rest = content.read_nowait()  # anything parsed together with the end
+            content.__class__ = aiohttp.StreamReader
+            del _PUSHED[id(content)]
+            push.stop_watching()
+        rest = content.read_nowait()  # raises the reason the body ended early, if it did
         if rest:
             on_body(rest)
 
@@ -144,37 +149,56 @@ class UpstreamResponse:
             self._raw.close()
 
 
-class _BodyTap(asyncio.Protocol):
-    """Stands in front of aiohttp's protocol on one connection while a body is pushed: every read
-    goes to aiohttp first, which parses it into the body's buffer, and the parsed bytes go straight
-    on to the consumer. At the body's end aiohttp's own protocol is put back, so the connection
-    returns to the pool as aiohttp left it.
+class _PushedReader(aiohttp.StreamReader):
+    """A body's aiohttp buffer while the body is pushed (the class is swapped in for the body's
+    length, then back): what aiohttp's parser decoded goes straight to the consumer instead of into
+    the buffer. aiohttp still owns the connection, the parser, chunked decoding, the end of the body
+    and the release to the pool; a read just skips the buffer, the waiter and read_nowait."""
 
-    The wait for data is bounded here rather than by aiohttp's read timeout, which re-arms a timer
-    on every read: one timer per body, which on firing looks at when data last came."""
+    __slots__ = ()
 
-    __slots__ = ("_idle", "_last", "_loop", "_timer", "content", "inner", "on_body", "transport")
+    def feed_data(self, data: bytes, size: int = 0) -> bool:
+        if data:
+            _PUSHED[id(self)].feed(data)
+        return False  # nothing held back: the parser may go on
+
+    # Chunk boundaries are kept only for iter_chunks(), which a pushed body never serves.
+    def begin_http_chunk_receiving(self) -> None:
+        pass
+
+    def end_http_chunk_receiving(self) -> None:
+        pass
+
+
+class _BodyPush:
+    """One pushed body: its consumer, and the wait for data, bounded here rather than by aiohttp's
+    read timeout, which re-arms a timer on every read: one timer per body, which on firing looks at
+    when data last came."""
+
+    __slots__ = ("_idle", "_last", "_loop", "_timer", "content", "failed", "on_body")
 
     def __init__(
-        self,
-        transport: asyncio.BaseTransport,
-        inner: asyncio.BaseProtocol,
-        content: aiohttp.StreamReader,
-        on_body: Callable[[bytes], None],
-        idle_timeout: float | None,
+        self, content: aiohttp.StreamReader, on_body: Callable[[bytes], None], idle_timeout: float | None
     ) -> None:
-        self.transport = transport
-        self.inner: Any = inner
         self.content = content
         self.on_body = on_body
+        self.failed = False
         self._loop = asyncio.get_running_loop()
         self._idle = idle_timeout
         self._last = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
         if idle_timeout:
-            self.inner.read_timeout = None  # its timer already armed is dropped at the next read
             self._timer = self._loop.call_at(self._last + idle_timeout, self._check_idle)
-        transport.set_protocol(self)
+
+    def feed(self, data: bytes) -> None:
+        self._last = self._loop.time()
+        if self.failed:  # the body already ended with a reason; the parser just has not stopped
+            return
+        try:
+            self.on_body(data)
+        except Exception as exc:  # the consumer refused it: the body ends with its reason
+            self.failed = True
+            self.content.set_exception(exc)
 
     def _check_idle(self) -> None:
         assert self._idle is not None
@@ -184,6 +208,7 @@ class _BodyTap(asyncio.Protocol):
             return
         self._timer = None
         if not self.content.is_eof() and self.content.exception() is None:
+            self.failed = True
             self.content.set_exception(TimeoutError(f"no data for {self._idle:g} s"))
 
     def stop_watching(self) -> None:
@@ -191,31 +216,9 @@ class _BodyTap(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
-    def data_received(self, data: bytes) -> None:
-        self._last = self._loop.time()
-        self.inner.data_received(data)
-        content = self.content
-        if content.exception() is None:
-            body = content.read_nowait()
-            if body:
-                try:
-                    self.on_body(body)
-                except Exception as exc:  # the consumer refused it: the body ends with its reason
-                    content.set_exception(exc)
-        if content.is_eof() or content.exception() is not None:
-            self.transport.set_protocol(self.inner)
 
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.inner.resume_writing()
+# The bodies being pushed, by id() of their reader: a slotted reader has no room for its consumer.
+_PUSHED: dict[int, _BodyPush] = {}
 
 
 class Upstream:
