@@ -224,12 +224,12 @@ class OllamaStream:
     async def push(self, body: DirectBody) -> None:
         exchange = self.exchange
         response = exchange.response
-        write = body.write
+        write, read, flow = body.write, self._read, body.flow
         holding: list[asyncio.Task[None]] = []
 
         def on_body(raw: bytes) -> None:
-            self._read(raw, write)
-            if body.paused and not holding:  # the client reads slower than vLLM writes: hold vLLM back
+            read(raw, write)
+            if flow.write_paused and not holding:  # the client reads slower than vLLM writes: hold vLLM back
                 response.pause_reading()
                 holding.append(asyncio.get_running_loop().create_task(_resume_when_drained(body, response, holding)))
 

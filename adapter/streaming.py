@@ -30,7 +30,7 @@ ErrorLine = Callable[[str], bytes]
 
 
 def ndjson_line(obj: dict[str, Any]) -> bytes:
-    return orjson.dumps(obj) + b"\n"
+    return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def ndjson_error_line(message: str) -> bytes:
@@ -58,15 +58,16 @@ class DirectBody:
 
     Only for a response whose start went out with chunked encoding; the end of the body still goes
     through `send`, so uvicorn finishes the response (keep-alive, its state) itself. When the
-    client reads slower than we write, `paused` turns true: the writer stops reading upstream and
-    waits for `drain`.
+    client reads slower than we write, `flow.write_paused` turns true: the writer stops reading
+    upstream and waits for `drain`.
     """
 
-    __slots__ = ("_cycle", "_transport")
+    __slots__ = ("_cycle", "_transport", "flow")
 
     def __init__(self, cycle: Any) -> None:
         self._cycle = cycle
         self._transport: asyncio.WriteTransport = cycle.transport
+        self.flow = cycle.flow  # its write_paused: the client reads slower than we write
 
     @classmethod
     def of(cls, server_send: Send) -> DirectBody | None:
@@ -83,10 +84,6 @@ class DirectBody:
         # disconnect watcher ends the stream.
         if not self._cycle.disconnected and not self._transport.is_closing():
             self._transport.write(b"%x\r\n%b\r\n" % (len(data), data))
-
-    @property
-    def paused(self) -> bool:
-        return self._cycle.flow.write_paused
 
     @property
     def gone(self) -> bool:

@@ -441,33 +441,28 @@ class SSEEvents:
         (they still reach the client)."""
         if self.done:  # what follows [DONE] is the body's end, not events
             return []
-        buffer = self._buffer + raw if self._buffer else raw
-        if b"\n" not in raw:
-            self._buffer = buffer
-            return []
-        *lines, self._buffer = buffer.split(b"\n")
-        return self._events(lines)
+        if self._buffer:
+            raw = self._buffer + raw
+        *lines, self._buffer = raw.split(b"\n")
+        events: list[dict[str, Any]] = []
+        for line in lines:
+            if line[:5] != b"data:":
+                continue
+            # Parsed first, looked at only if it is not JSON: [DONE] comes once, events every token.
+            try:
+                events.append(orjson.loads(line[5:]))
+            except orjson.JSONDecodeError:
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    self.done = True
+                    break
+                if payload:
+                    raise MalformedEvent(self.backend, payload, events) from None
+        return events
 
     def end(self) -> list[dict[str, Any]]:
         """The events of a last line that had no newline, once the body has ended."""
-        rest, self._buffer = self._buffer.strip(), b""
-        return self._events([rest]) if rest and not self.done else []
-
-    def _events(self, lines: list[bytes]) -> list[dict[str, Any]]:
-        events = []
-        for line in lines:
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                self.done = True
-                break
-            if payload:
-                try:
-                    events.append(orjson.loads(payload))
-                except orjson.JSONDecodeError:
-                    raise MalformedEvent(self.backend, payload, events) from None
-        return events
+        return self.feed(b"\n") if self._buffer.strip() else []
 
     async def whole(self, on_first: Callable[[], None]) -> list[dict[str, Any]]:
         """Every event of a body read to its end: for an answer wanted whole, the body is taken in

@@ -221,8 +221,13 @@ class StreamTranslator:
         if delta is not None:  # chat.completion.chunk
             if type(delta) is not dict:
                 raise _shape_error("delta")
-            text = _text(delta.get("content"), "content")
-            thinking = _text(delta.get("reasoning") or delta.get("reasoning_content"), "reasoning")
+            # Checked inline, not through _text: this runs for every token.
+            text = delta.get("content")
+            if type(text) is not str:
+                text = _text(text, "content")
+            thinking = delta.get("reasoning") or delta.get("reasoning_content")
+            if type(thinking) is not str:
+                thinking = _text(thinking, "reasoning")
             tool_deltas = delta.get("tool_calls")
             if tool_deltas:
                 self.tools.add(tool_deltas)
