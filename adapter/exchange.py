@@ -19,6 +19,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from adapter.balancing import Replica
@@ -188,35 +189,33 @@ class OllamaStream:
         self.metrics = metrics
         self.events = SSEEvents(exchange.response, exchange.upstream.name)
 
-    def _translate(self, events: list[dict[str, Any]], write: Callable[[bytes], None]) -> None:
-        if not self.timing.first:
-            first_token(self.timing, self.facts, self.metrics)
-        created = rfc3339_utc()
-        feed = self.translator.feed
-        out: list[dict[str, Any]] = []
-        try:
-            for event in events:
-                out += feed(event, created)
-        finally:
-            if out:
-                write(as_ndjson(out))  # the tokens before a failing event still reach the client
-
     def _read(self, raw: bytes, write: Callable[[bytes], None]) -> None:
-        """One network read of vLLM's body, answered with (at most) one write."""
+        """One network read of vLLM's body, answered with (at most) one write: the events that
+        arrived together are answered together. A malformed event still lets the ones before it
+        through, then ends the stream."""
+        failure = None
         try:
             events = self.events.feed(raw)
         except MalformedEvent as exc:
-            if exc.events:
-                self._translate(exc.events, write)
-            raise
+            events, failure = exc.events, exc
         if events:
-            self._translate(events, write)
+            if not self.timing.first:
+                first_token(self.timing, self.facts, self.metrics)
+            created = rfc3339_utc()
+            feed = self.translator.feed
+            out: list[dict[str, Any]] = []
+            try:
+                for event in events:
+                    out += feed(event, created)
+            finally:
+                if out:
+                    write(as_ndjson(out))  # the tokens before a failing event still reach the client
+        if failure is not None:
+            raise failure
 
     def _last(self) -> bytes:
-        events = self.events.end()
         out: list[bytes] = []
-        if events:
-            self._translate(events, out.append)
+        self._read(b"\n", out.append)  # a last event whose line had no newline
         return b"".join(out) + as_ndjson(
             finish(self.exchange, self.events, self.translator, self.timing, self.facts, self.metrics)
         )
@@ -224,21 +223,20 @@ class OllamaStream:
     async def push(self, body: DirectBody) -> None:
         exchange = self.exchange
         response = exchange.response
-        write, read, flow = body.write, self._read, body.flow
         holding: list[asyncio.Task[None]] = []
 
-        def on_body(raw: bytes) -> None:
-            read(raw, write)
-            if flow.write_paused and not holding:  # the client reads slower than vLLM writes: hold vLLM back
+        def hold_back() -> None:  # the client reads slower than vLLM writes: vLLM waits until it drained
+            if not holding:
                 response.pause_reading()
                 holding.append(asyncio.get_running_loop().create_task(_resume_when_drained(body, response, holding)))
 
+        body.on_paused = hold_back
         try:
-            await response.push_body(on_body, exchange.timeouts.first_token)
+            await response.push_body(partial(self._read, write=body.write), exchange.timeouts.first_token)
         except STREAM_ERRORS as exc:
             if not self.events.done:  # after [DONE], only the body's closing bytes were missing
                 raise exchange.failure(exc) from None
-        write(self._last())
+        body.write(self._last())
 
     async def chunks(self) -> AsyncIterator[bytes]:
         out: list[bytes] = []

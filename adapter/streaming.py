@@ -58,16 +58,17 @@ class DirectBody:
 
     Only for a response whose start went out with chunked encoding; the end of the body still goes
     through `send`, so uvicorn finishes the response (keep-alive, its state) itself. When the
-    client reads slower than we write, `flow.write_paused` turns true: the writer stops reading
-    upstream and waits for `drain`.
+    client reads slower than we write, `on_paused` is called: the writer stops reading upstream
+    and waits for `drain`.
     """
 
-    __slots__ = ("_cycle", "_transport", "flow")
+    __slots__ = ("_cycle", "_transport", "flow", "on_paused")
 
     def __init__(self, cycle: Any) -> None:
         self._cycle = cycle
         self._transport: asyncio.WriteTransport = cycle.transport
-        self.flow = cycle.flow  # its write_paused: the client reads slower than we write
+        self.flow = cycle.flow
+        self.on_paused: Callable[[], None] | None = None  # called after a write that filled the client's buffer
 
     @classmethod
     def of(cls, server_send: Send) -> DirectBody | None:
@@ -84,6 +85,8 @@ class DirectBody:
         # disconnect watcher ends the stream.
         if not self._cycle.disconnected and not self._transport.is_closing():
             self._transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+            if self.flow.write_paused and self.on_paused is not None:
+                self.on_paused()
 
     @property
     def gone(self) -> bool:

@@ -158,8 +158,14 @@ class _PushedReader(aiohttp.StreamReader):
     __slots__ = ()
 
     def feed_data(self, data: bytes, size: int = 0) -> bool:
-        if data:
-            _PUSHED[id(self)].feed(data)
+        push = _PUSHED[id(self)]
+        push.last = push.clock()
+        if data and not push.failed:  # after a failure the body has ended; the parser has not stopped
+            try:
+                push.on_body(data)
+            except Exception as exc:  # the consumer refused it: the body ends with its reason
+                push.failed = True
+                self.set_exception(exc)
         return False  # nothing held back: the parser may go on
 
     # Chunk boundaries are kept only for iter_chunks(), which a pushed body never serves.
@@ -173,9 +179,9 @@ class _PushedReader(aiohttp.StreamReader):
 class _BodyPush:
     """One pushed body: its consumer, and the wait for data, bounded here rather than by aiohttp's
     read timeout, which re-arms a timer on every read: one timer per body, which on firing looks at
-    when data last came."""
+    when data last came (`last`, set by _PushedReader on every read)."""
 
-    __slots__ = ("_idle", "_last", "_loop", "_timer", "content", "failed", "on_body")
+    __slots__ = ("_idle", "_timer", "clock", "content", "failed", "last", "on_body")
 
     def __init__(
         self, content: aiohttp.StreamReader, on_body: Callable[[bytes], None], idle_timeout: float | None
@@ -183,28 +189,19 @@ class _BodyPush:
         self.content = content
         self.on_body = on_body
         self.failed = False
-        self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        self.clock = loop.time
+        self.last = self.clock()
         self._idle = idle_timeout
-        self._last = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
         if idle_timeout:
-            self._timer = self._loop.call_at(self._last + idle_timeout, self._check_idle)
-
-    def feed(self, data: bytes) -> None:
-        self._last = self._loop.time()
-        if self.failed:  # the body already ended with a reason; the parser just has not stopped
-            return
-        try:
-            self.on_body(data)
-        except Exception as exc:  # the consumer refused it: the body ends with its reason
-            self.failed = True
-            self.content.set_exception(exc)
+            self._timer = loop.call_at(self.last + idle_timeout, self._check_idle)
 
     def _check_idle(self) -> None:
         assert self._idle is not None
-        due = self._last + self._idle
-        if self._loop.time() < due:
-            self._timer = self._loop.call_at(due, self._check_idle)
+        due = self.last + self._idle
+        if self.clock() < due:
+            self._timer = asyncio.get_running_loop().call_at(due, self._check_idle)
             return
         self._timer = None
         if not self.content.is_eof() and self.content.exception() is None:
