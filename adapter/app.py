@@ -99,7 +99,10 @@ def app_from_environment() -> Starlette:
 
 
 def routes() -> list[Route]:
+    # Starlette tries routes in order: the generation routes, which nearly every request is, first.
     return [
+        Route("/api/chat", chat_generate.chat, methods=["POST"]),
+        Route("/api/generate", chat_generate.generate, methods=["POST"]),
         Route("/", models.root, methods=["GET", "HEAD"]),
         Route("/health", ops.health, methods=["GET", "HEAD"]),
         Route("/metrics", ops.metrics, methods=["GET"]),
@@ -107,8 +110,6 @@ def routes() -> list[Route]:
         Route("/api/tags", models.tags, methods=["GET", "HEAD"]),
         Route("/api/ps", models.ps, methods=["GET"]),
         Route("/api/show", models.show, methods=["POST"]),
-        Route("/api/chat", chat_generate.chat, methods=["POST"]),
-        Route("/api/generate", chat_generate.generate, methods=["POST"]),
         Route("/api/embed", passthrough.embed, methods=["POST"]),
         Route("/api/embeddings", passthrough.embeddings, methods=["POST"]),
         Route("/api/pull", passthrough.pull, methods=["POST"]),

@@ -19,6 +19,7 @@ from adapter.config import Settings
 from adapter.context import FACTS_KEY, RequestFacts, Tracing
 from adapter.errors import Dialect, error_body, error_body_for
 from adapter.metrics import Metrics
+from adapter.streaming import WATCH_KEY
 from adapter.tenants import KeyRing
 
 access_log = logging.getLogger("adapter.access")
@@ -156,6 +157,9 @@ class GatewayMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
+            watch = scope["state"].get(WATCH_KEY)
+            if watch is not None:  # a server that never reports the end (some test transports)
+                watch.stop()
             self._record(scope, facts, status_holder[0] or 500, start)
 
     def _record(self, scope: Scope, facts: RequestFacts, status: int, start: float) -> None:

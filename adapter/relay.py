@@ -73,7 +73,7 @@ async def relay(
         finally:
             exchange.close()
 
-    exchange, whole = await until_disconnect(request.receive, start())
+    exchange, whole = await until_disconnect(request.scope, request.receive, start())
     response = exchange.response
     media_type = _media_type(response)
     headers = {name.lower(): value for name, value in response.headers.items() if name.lower() in KEPT_HEADERS}

@@ -131,7 +131,7 @@ class StreamResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await until_disconnect(receive, self._write_all(send, scope.get(SERVER_SEND, send)))
+            await until_disconnect(scope, receive, self._write_all(send, scope.get(SERVER_SEND, send)))
         except (ClientGone, OSError):
             pass  # the client left (or its socket went away under send()): nobody to tell
         finally:
@@ -168,30 +168,59 @@ class StreamResponse:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
-    """Run `work` in this task, cancelling it if the client disconnects first (then ClientGone).
+WATCH_KEY = "adapter.disconnect_watch"
 
-    One small watcher task per call: cancelling the work closes the upstream request, so no vLLM
-    slot keeps generating for nobody (non-streaming requests included).
-    """
-    task = asyncio.current_task()
-    assert task is not None
-    gone = False
 
-    async def watch() -> None:
-        nonlocal gone
-        while (await receive())["type"] != "http.disconnect":
+class DisconnectWatch:
+    """One request's watch for its client leaving: one task for the whole request, however many
+    steps of it are guarded (opening the upstream call, then streaming the answer). The task ends
+    by itself once the response is complete (the server then answers receive() with a disconnect)."""
+
+    __slots__ = ("_guarded", "_receive", "_task", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._guarded: asyncio.Task[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.gone = False
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
             pass
-        gone = True
-        task.cancel()
+        self.gone = True
+        if self._guarded is not None:
+            self._guarded.cancel()
 
-    watcher = asyncio.get_running_loop().create_task(watch())
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if not gone:
-            raise  # cancelled from outside (shutdown): not ours to swallow
-        task.uncancel()
-        raise ClientGone() from None
-    finally:
-        watcher.cancel()
+    async def guard(self, work: Awaitable[T]) -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        if self.gone:  # left between two guarded steps
+            getattr(work, "close", lambda: None)()
+            raise ClientGone()
+        self._guarded = task
+        if self._task is None:
+            self._task = task.get_loop().create_task(self._watch())
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if not self.gone:
+                raise  # cancelled from outside (shutdown): not ours to swallow
+            task.uncancel()
+            raise ClientGone() from None
+        finally:
+            self._guarded = None
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+async def until_disconnect(scope: Scope, receive: Receive, work: Awaitable[T]) -> T:
+    """Run `work` in this task, cancelling it if the client disconnects first (then ClientGone):
+    cancelling the work closes the upstream request, so no vLLM slot keeps generating for nobody
+    (non-streaming requests included). The watch is the request's one (DisconnectWatch)."""
+    state = scope.setdefault("state", {})
+    watch = state.get(WATCH_KEY)
+    if watch is None:
+        watch = state[WATCH_KEY] = DisconnectWatch(receive)
+    return await watch.guard(work)

@@ -241,6 +241,7 @@ class Upstream:
         self.limiter = limiter or Limiter(max_connections, 0, 0)
         self.connect_timeout = connect_timeout or None
         self.read_timeout = read_timeout or None
+        self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
         # identity: the SSE parser reads raw bytes, and compressing tokens on loopback only costs CPU.
         headers = {"Accept-Encoding": "identity"}
         if api_key:
@@ -278,7 +279,12 @@ class Upstream:
         await self._fresh.close()
 
     def _timeout(self, read_timeout: float | None) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=None, connect=self.connect_timeout, sock_read=read_timeout or None)
+        timeout = self._timeouts.get(read_timeout)
+        if timeout is None:  # a handful of distinct values: made once each, not per request
+            timeout = self._timeouts[read_timeout] = aiohttp.ClientTimeout(
+                total=None, connect=self.connect_timeout, sock_read=read_timeout or None
+            )
+        return timeout
 
     async def send(
         self,

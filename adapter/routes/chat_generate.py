@@ -169,11 +169,12 @@ async def _answer(gw: Gateway, request: Request, route: Route, call: VllmCall, b
     candidates = gw.router.replicas_for(route, affinity_key(call.payload))
     try:
         if call.stream:
-            exchange = await until_disconnect(request.receive, _open(gw, facts, call, candidates))
+            exchange = await until_disconnect(request.scope, request.receive, _open(gw, facts, call, candidates))
             translator = StreamTranslator(call.model, call.target, call.logprobs)
             stream = OllamaStream(exchange, translator, call.timing, facts, gw.metrics)
             return StreamResponse(stream.chunks(), push=stream.push, on_close=exchange.close)
-        return json_response(await until_disconnect(request.receive, _whole(gw, facts, call, candidates)))
+        whole = await until_disconnect(request.scope, request.receive, _whole(gw, facts, call, candidates))
+        return json_response(whole)
     except UpstreamUnavailable as exc:
         fallback = gw.router.fallback(route)
         if fallback is not None:
