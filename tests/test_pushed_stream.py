@@ -5,16 +5,20 @@ way, and survive a client that reads slower than vLLM writes."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
 
+import aiohttp
 import httpx
 import orjson
 import pytest
 
+import adapter.upstream as upstream_module
 from adapter.app import create_app
 from adapter.streaming import DirectBody
+from adapter.upstream import Upstream
 from tests.conftest import make_settings
 from tests.standins.server import ServerThread
 from tests.standins.vllm import Script, VLLMStandin
@@ -107,3 +111,35 @@ def test_direct_writes_only_for_the_server_it_knows() -> None:
         pass
 
     assert DirectBody.of(some_send) is None
+
+
+def test_a_pushed_body_leaves_aiohttp_as_it_found_it() -> None:
+    """The body's reader is aiohttp's own again once the body ended, nothing of the push is left,
+    and the connection went back to the pool: the next request goes out on it."""
+    vllm = VLLMStandin()
+    vllm.script = Script(tokens=[f"t{i} " for i in range(20)])
+    body = orjson.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True})
+
+    async def two_pushed_bodies() -> list[tuple[str, int]]:
+        upstream = Upstream("vllm", vllm_url)
+        sockets = []
+        try:
+            for _ in range(2):
+                response = await upstream.send("POST", "/v1/chat/completions", body=body)
+                raw = response._raw
+                assert raw.connection is not None and raw.connection.transport is not None
+                sockets.append(raw.connection.transport.get_extra_info("sockname"))
+                pieces: list[bytes] = []
+                await response.push_body(pieces.append, 5.0)
+                assert type(raw.content) is aiohttp.StreamReader
+                assert b"data: [DONE]" in b"".join(pieces) and b"t19 " in b"".join(pieces)
+                response.close()
+            assert not upstream_module._PUSHED
+        finally:
+            await upstream.aclose()
+        return sockets
+
+    with ServerThread(vllm.app()) as server:
+        vllm_url = server.url
+        first, second = asyncio.run(two_pushed_bodies())
+    assert first == second
