@@ -236,6 +236,10 @@ class OllamaStream:
         except STREAM_ERRORS as exc:
             if not self.events.done:  # after [DONE], only the body's closing bytes were missing
                 raise exchange.failure(exc) from None
+        finally:
+            # hold_back refers to the body: left in place, the pair would wait for the cycle
+            # collector, holding the upstream response (and its buffers) with them.
+            body.on_paused = None
         body.write(self._last())
 
     async def chunks(self) -> AsyncIterator[bytes]:
