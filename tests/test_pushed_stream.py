@@ -117,7 +117,8 @@ def test_a_pushed_body_leaves_aiohttp_as_it_found_it() -> None:
     """The body's reader is aiohttp's own again once the body ended, nothing of the push is left,
     and the connection went back to the pool: the next request goes out on it."""
     vllm = VLLMStandin()
-    vllm.script = Script(tokens=[f"t{i} " for i in range(20)])
+    # Paced, so the body is still coming when push_body starts (else aiohttp may have it all).
+    vllm.script = Script(tokens=[f"t{i} " for i in range(20)], delay=0.005, first_delay=0.05)
     body = orjson.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True})
 
     async def two_pushed_bodies() -> list[tuple[str, int]]:
