@@ -123,6 +123,9 @@ class Router:
                     self._entries_on.setdefault(owner, []).append(entry)
         self._replicas: list[Replica] = [r for b in backends.values() for r in b.replicas]
         self._listings: dict[int, Listing] = {id(r): Listing() for r in self._replicas}
+        # Until when every vLLM listing is younger than the TTL: a request's lookup then asks nothing
+        # and scans nothing (kept by _fetch; 0: some server was never asked).
+        self._vllm_fresh_until = 0.0
         self.vision_listing = Listing()
         self._vision_seen = False  # whether Ollama Vision ever answered its model list
         self._vision_by_key: dict[str, dict[str, Any]] = {}
@@ -201,6 +204,7 @@ class Router:
                         self._vision_by_key.setdefault(normalize_name(name), m)
             return
         self._listings[id(replica)] = listing
+        self._vllm_fresh_until = min(known.fetched_at for known in self._listings.values()) + self.ttl
         if listing.ok:
             replica.models = frozenset(m["id"] for m in listing.models)
             replica.listed = True
@@ -322,7 +326,8 @@ class Router:
     async def _discovered(self, wanted: str) -> Route | None:
         key = normalize_name(wanted)
         for max_age in (None, 1.0):  # cached first; on a miss, ask again what is older than a second
-            await self.refresh(max_age, wait=max_age is not None, vision=False)
+            if max_age is not None or time.monotonic() >= self._vllm_fresh_until:
+                await self.refresh(max_age, wait=max_age is not None, vision=False)
             served = self._served.get(key)
             if served is not None:
                 if key in self._vision_by_key and key not in self._warned:
