@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import orjson
+
 from adapter.balancing import Replica
 from adapter.context import RequestFacts, UpstreamCall
 from adapter.errors import OllamaError, UpstreamFailed, UpstreamHTTPError, UpstreamTimeout, UpstreamUnavailable
@@ -163,7 +165,9 @@ async def open_exchange(
 
 def as_ndjson(chunks: list[dict[str, Any]]) -> bytes:
     # One write per upstream read: the events that arrived together are answered together.
-    return ndjson_line(chunks[0]) if len(chunks) == 1 else b"".join(map(ndjson_line, chunks))
+    if len(chunks) == 1:  # nearly every read: one token
+        return orjson.dumps(chunks[0], option=orjson.OPT_APPEND_NEWLINE)
+    return b"".join(map(ndjson_line, chunks))
 
 
 class OllamaStream:
