@@ -288,22 +288,19 @@ def test_opentelemetry_is_imported_only_when_tracing_is_on(exporter: str, loaded
         assert "'opentelemetry.sdk.trace'" in modules
 
 
+def _start_gateway(**env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "adapter", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env=clean_env(**env),
+    )
+
+
 def test_tracing_settings_are_checked_at_start() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "adapter", "--port", "1"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-        env=clean_env(LLM_TRACE_EXPORTER="jaeger"),
-    )
+    proc = _start_gateway(LLM_TRACE_EXPORTER="jaeger")
     assert proc.returncode != 0 and "LLM_TRACE_EXPORTER" in proc.stderr and "Traceback" not in proc.stderr
-    proc = subprocess.run(
-        [sys.executable, "-m", "adapter", "--port", "1"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-        env=clean_env(LLM_TRACE_EXPORTER="otlp", OTEL_EXPORTER_OTLP_PROTOCOL="grpc"),
-    )
+    proc = _start_gateway(LLM_TRACE_EXPORTER="otlp", OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
     assert proc.returncode != 0 and "OTEL_EXPORTER_OTLP_PROTOCOL" in proc.stderr and "http/protobuf" in proc.stderr
