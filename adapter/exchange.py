@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import orjson
-
 from adapter.balancing import Replica
 from adapter.context import RequestFacts, UpstreamCall
 from adapter.errors import OllamaError, UpstreamFailed, UpstreamHTTPError, UpstreamTimeout, UpstreamUnavailable
@@ -165,9 +163,7 @@ async def open_exchange(
 
 def as_ndjson(chunks: list[dict[str, Any]]) -> bytes:
     # One write per upstream read: the events that arrived together are answered together.
-    if len(chunks) == 1:  # nearly every read: one token
-        return orjson.dumps(chunks[0], option=orjson.OPT_APPEND_NEWLINE)
-    return b"".join(map(ndjson_line, chunks))
+    return ndjson_line(chunks[0]) if len(chunks) == 1 else b"".join(map(ndjson_line, chunks))
 
 
 class OllamaStream:

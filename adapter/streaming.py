@@ -62,12 +62,12 @@ class DirectBody:
     and waits for `drain`.
     """
 
-    __slots__ = ("_cycle", "_transport", "flow", "on_paused")
+    __slots__ = ("_cycle", "_flow", "_transport", "on_paused")
 
     def __init__(self, cycle: Any) -> None:
         self._cycle = cycle
         self._transport: asyncio.WriteTransport = cycle.transport
-        self.flow = cycle.flow
+        self._flow = cycle.flow
         self.on_paused: Callable[[], None] | None = None  # called after a write that filled the client's buffer
 
     @classmethod
@@ -85,15 +85,11 @@ class DirectBody:
         # disconnect watcher ends the stream.
         if not self._cycle.disconnected and not self._transport.is_closing():
             self._transport.write(b"%x\r\n%b\r\n" % (len(data), data))
-            if self.flow.write_paused and self.on_paused is not None:
+            if self._flow.write_paused and self.on_paused is not None:
                 self.on_paused()
 
-    @property
-    def gone(self) -> bool:
-        return self._cycle.disconnected
-
     async def drain(self) -> None:
-        await self._cycle.flow.drain()
+        await self._flow.drain()
 
 
 # A producer that pushes a whole body through a DirectBody, returning when it is written.
