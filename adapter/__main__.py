@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from adapter.catalog import Catalog, CatalogError, load_catalog
 from adapter.config import Settings, describe_validation_error
+from adapter.metrics import forget_workers, live_gauge_pids, multiprocess
 from adapter.process import prepare
 from adapter.tenants import TenantsError, key_digest, load_tenants, rotate
 
@@ -140,6 +141,8 @@ def serve(argv: list[str] | None) -> None:
     from adapter.app import create_app
 
     prepare(settings.adapter_log_level)
+    if multiprocess():  # the operator's own directory may hold a previous run's gauges
+        forget_workers(live_gauge_pids())
     common: dict[str, Any] = {
         "host": settings.adapter_host,
         "port": settings.adapter_port,
@@ -172,6 +175,21 @@ def run_workers(config: Any) -> None:
                 if process.pid is not None:
                     os.kill(process.pid, signal.SIGHUP)
 
+        # A worker that died (and was replaced) or was retired (SIGTTOU) leaves its in-flight and
+        # queue gauges in the shared directory; /metrics would count them for ever.
+        def keep_subprocess_alive(self) -> None:
+            before = self._pids()
+            super().keep_subprocess_alive()
+            forget_workers(before - self._pids())
+
+        def handle_ttou(self) -> None:
+            before = self._pids()
+            super().handle_ttou()
+            forget_workers(before - self._pids())
+
+        def _pids(self) -> set[int]:
+            return {process.pid for process in self.processes if process.pid is not None}
+
     with contextlib.suppress(KeyboardInterrupt):
         Workers(config, sockets=[config.bind_socket()]).run()
 
@@ -188,7 +206,7 @@ def export_settings(args: argparse.Namespace) -> None:
 def metrics_shared_between_workers() -> Iterator[None]:
     """prometheus-client's multiprocess mode: each worker writes its values under one directory,
     and /metrics, whichever worker answers it, sums them."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if multiprocess():
         yield
         return
     with tempfile.TemporaryDirectory(prefix="vllm-ollama-adapter-metrics-") as directory:

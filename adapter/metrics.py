@@ -8,15 +8,30 @@ histograms add up, the in-flight and queue gauges add up over the live workers.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 def multiprocess() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def live_gauge_pids() -> set[int]:
+    """The processes with in-flight or queue gauges in the multiprocess directory."""
+    directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    return {int(db.stem.rsplit("_", 1)[1]) for db in directory.glob("gauge_live*_*.db")}
+
+
+def forget_workers(pids: Iterable[int]) -> None:
+    """Gauges summed over live workers ("livesum") drop the given, gone, worker processes. Their
+    counters and histograms stay: what a worker counted before it went still happened."""
+    for pid in pids:
+        mark_process_dead(pid)
 
 
 class Metrics:

@@ -569,6 +569,65 @@ def test_workers_divide_the_limits(tmp_path: Path, env: dict[str, str]) -> None:
                 assert ok.get(pid, 0) == (1 if count else 0), (answered, ok)
 
 
+def inflight_per_worker(directory: Path) -> dict[int, float]:
+    """pid -> requests that worker holds upstream, from its own live gauge file."""
+    found = {}
+    for db in directory.glob("gauge_livesum_*.db"):
+        total = 0.0
+        for family in MultiProcessCollector.merge([str(db)], accumulate=False):
+            total += sum(s.value for s in family.samples if s.name == "ollama_adapter_inflight_requests")
+        found[int(db.stem.rsplit("_", 1)[1])] = total
+    return found
+
+
+def test_a_dead_worker_leaves_no_requests_in_flight_behind(tmp_path: Path, env: dict[str, str]) -> None:
+    """A worker killed while it holds a stream (the OOM killer, a crash) is replaced, and its in-flight
+    count leaves /metrics with it: the sum over live workers says 0 again, not 1 for ever."""
+    upstream = VLLMStandin(models=["tiny"])
+    upstream.script = Script(tokens=[f"t{i} " for i in range(200)], delay=0.1)  # 20 s: outlives the test
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    with ServerThread(upstream.app()) as a:
+        env = {**env, "VLLM_BASE_URL": a.url, "ADAPTER_WORKERS": "2", "PROMETHEUS_MULTIPROC_DIR": str(shared)}
+        with gateway(tmp_path, [], env) as gw:
+
+            def inflight() -> float:
+                return metric_sum(httpx.get(gw.url + "/metrics").text, "ollama_adapter_inflight_requests")
+
+            body = {"model": "tiny", "messages": [{"role": "user", "content": "long"}]}
+            with httpx.stream("POST", gw.url + "/api/chat", json=body, timeout=30) as stream:
+                lines = stream.iter_lines()
+                first = next(lines)
+                holding = [pid for pid, n in inflight_per_worker(shared).items() if n == 1]
+                assert len(holding) == 1, (first, inflight_per_worker(shared))
+                assert inflight() == 1
+                os.kill(holding[0], signal.SIGKILL)
+                with pytest.raises(httpx.HTTPError):
+                    for _ in lines:
+                        pass
+            # The supervisor starts a new worker; the dead one's gauges go with it.
+            assert wait_for(lambda: holding[0] not in inflight_per_worker(shared)), inflight_per_worker(shared)
+            assert inflight() == 0
+            upstream.script = Script()
+            assert wait_for(lambda: chat(gw.url, "tiny").status_code == 200)
+            assert "died" in gw.log(), gw.log()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_previous_runs_gauges_are_not_counted(tmp_path: Path, env: dict[str, str], workers: str) -> None:
+    """A PROMETHEUS_MULTIPROC_DIR of the operator's own outlives the gateway (a pod's emptyDir when its
+    container restarts): the in-flight count a previous run left there is not added to this run's."""
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    leftover = "from adapter.metrics import Metrics; Metrics().inflight.labels('vllm', 'http://gone').set(3)"
+    subprocess.run([sys.executable, "-c", leftover], env={**env, "PROMETHEUS_MULTIPROC_DIR": str(shared)}, check=True)
+    assert sum(inflight_per_worker(shared).values()) == 3
+    env = {**env, "ADAPTER_WORKERS": workers, "PROMETHEUS_MULTIPROC_DIR": str(shared)}
+    with gateway(tmp_path, [], env) as gw:
+        text = httpx.get(gw.url + "/metrics").text
+        assert metric_sum(text, "ollama_adapter_inflight_requests") == 0, text
+
+
 def test_workers_reload_on_sighup_without_cutting_streams(tmp_path: Path, env: dict[str, str]) -> None:
     """SIGHUP to `python -m adapter` with ADAPTER_WORKERS=2 reloads the catalog as one process does: the
     new model is served by every worker, and a stream in flight finishes whole (it outlasts the 5 s a
