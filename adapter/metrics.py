@@ -24,7 +24,8 @@ def multiprocess() -> bool:
 def live_gauge_pids() -> set[int]:
     """The processes with in-flight or queue gauges in the multiprocess directory."""
     directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-    return {int(db.stem.rsplit("_", 1)[1]) for db in directory.glob("gauge_live*_*.db")}
+    pids = (db.stem.rsplit("_", 1)[1] for db in directory.glob("gauge_live*_*.db"))
+    return {int(pid) for pid in pids if pid.isdigit()}  # prometheus-client names them gauge_<mode>_<pid>.db
 
 
 def forget_workers(pids: Iterable[int]) -> None:
